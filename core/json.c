@@ -1,0 +1,129 @@
+#include "core/json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fileio.h"
+
+int sd_json_load(const char *path, cJSON **out, sd_error *err) {
+    *out = NULL;
+    char *text;
+    size_t len;
+    if (sd_read_file(path, 64u << 20, &text, &len, err)) return -1;
+    const char *endp = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &endp, 0);
+    if (!root) {
+        long at = endp ? (long)(endp - text) : -1;
+        const char *ep = cJSON_GetErrorPtr();
+        if (ep >= text && ep <= text + len) at = (long)(ep - text);
+        free(text);
+        return sd_fail(err, "%s: not valid JSON (near byte %ld)", path, at);
+    }
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return sd_fail(err, "%s: expected a JSON object at the top level", path);
+    }
+    *out = root;
+    return 0;
+}
+
+static const cJSON *get(const cJSON *obj, const char *key) {
+    const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+    return (v && !cJSON_IsNull(v)) ? v : NULL;
+}
+
+int sd_json_has(const cJSON *obj, const char *key) { return get(obj, key) != NULL; }
+
+int sd_json_int(const cJSON *obj, const char *file, const char *key, int def, int *out, sd_error *err) {
+    const cJSON *v = get(obj, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    double d = v->valuedouble;
+    if (!cJSON_IsNumber(v) || floor(d) != d || d < -2147483648.0 || d > 2147483647.0)
+        return sd_fail(err, "%s: key '%s': expected an integer", file, key);
+    *out = (int)d;
+    return 0;
+}
+
+int sd_json_float(const cJSON *obj, const char *file, const char *key, double def, double *out, sd_error *err) {
+    const cJSON *v = get(obj, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return sd_fail(err, "%s: key '%s': expected a finite number", file, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
+int sd_json_bool(const cJSON *obj, const char *file, const char *key, int def, int *out, sd_error *err) {
+    const cJSON *v = get(obj, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v)) return sd_fail(err, "%s: key '%s': expected true or false", file, key);
+    *out = cJSON_IsTrue(v) ? 1 : 0;
+    return 0;
+}
+
+int sd_json_string(const cJSON *obj, const char *file, const char *key, const char *def, char *buf,
+                   size_t cap, sd_error *err) {
+    const cJSON *v = get(obj, key);
+    const char *s = def ? def : "";
+    if (v) {
+        if (!cJSON_IsString(v)) return sd_fail(err, "%s: key '%s': expected a string", file, key);
+        s = v->valuestring;
+    }
+    if (strlen(s) >= cap)
+        return sd_fail(err, "%s: key '%s': string longer than %zu bytes", file, key, cap - 1);
+    memcpy(buf, s, strlen(s) + 1);
+    return 0;
+}
+
+int sd_json_int_list(const cJSON *obj, const char *file, const char *key, int *out, int max, int *n,
+                     sd_error *err) {
+    const cJSON *v = get(obj, key);
+    *n = 0;
+    if (!v) return 0;
+    if (cJSON_IsNumber(v)) {
+        if (max < 1) return sd_fail(err, "%s: key '%s': too many entries", file, key);
+        if (sd_json_int(obj, file, key, 0, &out[0], err)) return -1;
+        *n = 1;
+        return 0;
+    }
+    if (!cJSON_IsArray(v)) return sd_fail(err, "%s: key '%s': expected a list of integers", file, key);
+    int k = 0;
+    for (const cJSON *e = v->child; e; e = e->next, k++) {
+        if (k >= max) return sd_fail(err, "%s: key '%s': more than %d entries", file, key, max);
+        double d = e->valuedouble;
+        if (!cJSON_IsNumber(e) || floor(d) != d || fabs(d) > 2147483647.0)
+            return sd_fail(err, "%s: key '%s'[%d]: expected an integer", file, key, k);
+        out[k] = (int)d;
+    }
+    *n = k;
+    return 0;
+}
+
+int sd_json_string_list(const cJSON *obj, const char *file, const char *key, char (*out)[64], int max,
+                        int *n, sd_error *err) {
+    const cJSON *v = get(obj, key);
+    *n = 0;
+    if (!v) return 0;
+    if (!cJSON_IsArray(v)) return sd_fail(err, "%s: key '%s': expected a list of strings", file, key);
+    int k = 0;
+    for (const cJSON *e = v->child; e; e = e->next, k++) {
+        if (k >= max) return sd_fail(err, "%s: key '%s': more than %d entries", file, key, max);
+        if (!cJSON_IsString(e) || strlen(e->valuestring) >= 64)
+            return sd_fail(err, "%s: key '%s'[%d]: expected a string shorter than 64 bytes", file, key, k);
+        memcpy(out[k], e->valuestring, strlen(e->valuestring) + 1);
+    }
+    *n = k;
+    return 0;
+}
