@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev
-          libstb-dev libcriterion-dev libcjson-dev libyaml-dev libutf8proc-dev)
+          libstb-dev libcriterion-dev libcjson-dev libyaml-dev libutf8proc-dev libssl-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
