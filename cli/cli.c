@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/commands.h"
+
 static void print_usage(FILE *out) {
     fprintf(out,
             "usage: sdmoe <command> [options]\n"
@@ -31,6 +33,7 @@ int cli_main(int argc, char **argv) {
         printf("sdmoe %s\n", SDMOE_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "info")) return cli_info(argc - 1, argv + 1);
     fprintf(stderr, "sdmoe: unknown command '%s' (expected generate, merge, batch or info)\n", cmd);
     return 2;
 }
