@@ -1,0 +1,293 @@
+/* core/conv2d — 2-D convolutions through oneDNN 2.6 on NHWC activations
+ * (declared in core/kernels.h).
+ *
+ * Weights are reordered ONCE, at create time, into the format oneDNN's
+ * convolution prefers for this machine (queried with format_tag::any) and
+ * kept in that format; activations stay NHWC (oneDNN's preferred activation
+ * layout for brgconv/jit convs), so no reorders happen between layers.  One
+ * primitive per input shape / stride / accumulate mode is created on first
+ * use and cached. */
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/kernels.h"
+
+/* ----------------------------------------------------- shared engine/stream */
+
+static dnnl_engine_t g_engine;
+static dnnl_stream_t g_stream;
+static dnnl_status_t g_engine_status = dnnl_success;
+static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_init(void) {
+    g_engine_status = dnnl_engine_create(&g_engine, dnnl_cpu, 0);
+    if (g_engine_status == dnnl_success)
+        g_engine_status = dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags);
+}
+
+static int engine_get(sd_error *err) {
+    pthread_once(&g_engine_once, engine_init);
+    if (g_engine_status != dnnl_success)
+        return sd_fail(err, "core/conv2d: oneDNN CPU engine creation failed (status %d)",
+                       (int)g_engine_status);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ types */
+
+/* One prepared primitive for one input geometry. */
+typedef struct conv_entry {
+    int64_t n, h, w, x_ld, y_ld;
+    int accumulate;
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, dst, wei, bias; /* src/dst handles are set per call */
+    int wei_index;                     /* which reordered weight copy it uses */
+} conv_entry;
+
+/* Weights in one oneDNN format (normally exactly one per conv). */
+typedef struct conv_weights {
+    dnnl_memory_desc_t md;
+    dnnl_memory_t mem; /* owns its buffer */
+} conv_weights;
+
+struct sd_conv2d {
+    sd_conv2d_desc d;
+    float *bias;                /* [c_out] copy, or NULL */
+    conv_weights wts[4];
+    int n_wts;
+    conv_entry *entries;
+    int n_entries, cap_entries;
+};
+
+#define CHECK(call, what)                                                                      \
+    do {                                                                                       \
+        dnnl_status_t st_ = (call);                                                            \
+        if (st_ != dnnl_success)                                                               \
+            return sd_fail(err, "core/conv2d: %s failed (oneDNN status %d) for conv %lldx%lldx%lldx%lld", \
+                           what, (int)st_, (long long)c->d.c_out, (long long)c->d.c_in,        \
+                           (long long)c->d.kh, (long long)c->d.kw);                            \
+    } while (0)
+
+void sd_conv2d_out_size(const sd_conv2d *c, int64_t h, int64_t w, int64_t *oh, int64_t *ow) {
+    *oh = (h + c->d.pad_t + c->d.pad_b - c->d.kh) / c->d.stride_h + 1;
+    *ow = (w + c->d.pad_l + c->d.pad_r - c->d.kw) / c->d.stride_w + 1;
+}
+
+/* Activation descriptor [n, ch, h, w] laid out NHWC with pixel stride ld. */
+static void act_md(dnnl_memory_desc_t *md, int64_t n, int64_t ch, int64_t h, int64_t w, int64_t ld) {
+    dnnl_dims_t dims = {n, ch, h, w};
+    dnnl_dims_t strides = {h * w * ld, 1, w * ld, ld};
+    dnnl_memory_desc_init_by_strides(md, 4, dims, dnnl_f32, strides);
+}
+
+/* Builds the primitive descriptor for one geometry; weights format = any. */
+static int conv_pd_create(sd_conv2d *c, dnnl_primitive_desc_t *pd, int64_t n, int64_t h, int64_t w,
+                          int64_t x_ld, int64_t y_ld, int accumulate, sd_error *err) {
+    int64_t oh, ow;
+    sd_conv2d_out_size(c, h, w, &oh, &ow);
+    dnnl_memory_desc_t src_md, dst_md, wei_md, bias_md;
+    act_md(&src_md, n, c->d.c_in, h, w, x_ld);
+    act_md(&dst_md, n, c->d.c_out, oh, ow, y_ld);
+    dnnl_dims_t wdims = {c->d.c_out, c->d.c_in, c->d.kh, c->d.kw};
+    CHECK(dnnl_memory_desc_init_by_tag(&wei_md, 4, wdims, dnnl_f32, dnnl_format_tag_any), "weights desc");
+    dnnl_dims_t bdims = {c->d.c_out};
+    CHECK(dnnl_memory_desc_init_by_tag(&bias_md, 1, bdims, dnnl_f32, dnnl_a), "bias desc");
+    dnnl_dims_t strides = {c->d.stride_h, c->d.stride_w};
+    dnnl_dims_t pad_l = {c->d.pad_t, c->d.pad_l}, pad_r = {c->d.pad_b, c->d.pad_r};
+    dnnl_convolution_desc_t cd;
+    CHECK(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                             &src_md, &wei_md, c->bias ? &bias_md : NULL, &dst_md,
+                                             strides, pad_l, pad_r),
+          "convolution desc");
+    dnnl_primitive_attr_t attr;
+    CHECK(dnnl_primitive_attr_create(&attr), "attr");
+    if (accumulate) {
+        dnnl_post_ops_t po;
+        dnnl_post_ops_create(&po);
+        dnnl_post_ops_append_sum(po, 1.0f);
+        dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_status_t st = dnnl_primitive_desc_create(pd, &cd, attr, g_engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    CHECK(st, "convolution primitive desc");
+    return 0;
+}
+
+/* Returns the index of a weights copy in format `md`, reordering if new. */
+static int conv_weights_get(sd_conv2d *c, const dnnl_memory_desc_t *md, int *index, sd_error *err) {
+    for (int i = 0; i < c->n_wts; i++)
+        if (dnnl_memory_desc_equal(&c->wts[i].md, md)) {
+            *index = i;
+            return 0;
+        }
+    if (c->n_wts == (int)(sizeof c->wts / sizeof c->wts[0]))
+        return sd_fail(err, "core/conv2d: too many weight formats for one convolution");
+    conv_weights *nw = &c->wts[c->n_wts];
+    nw->md = *md;
+    CHECK(dnnl_memory_create(&nw->mem, md, g_engine, DNNL_MEMORY_ALLOCATE), "weights memory");
+    const conv_weights *from = &c->wts[0];
+    dnnl_primitive_desc_t rpd;
+    CHECK(dnnl_reorder_primitive_desc_create(&rpd, &from->md, g_engine, md, g_engine, NULL),
+          "weights reorder desc");
+    dnnl_primitive_t r;
+    dnnl_status_t st = dnnl_primitive_create(&r, rpd);
+    dnnl_primitive_desc_destroy(rpd);
+    CHECK(st, "weights reorder");
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from->mem}, {DNNL_ARG_TO, nw->mem}};
+    st = dnnl_primitive_execute(r, g_stream, 2, args);
+    if (st == dnnl_success) st = dnnl_stream_wait(g_stream);
+    dnnl_primitive_destroy(r);
+    CHECK(st, "weights reorder execute");
+    *index = c->n_wts++;
+    return 0;
+}
+
+static int conv_entry_create(sd_conv2d *c, conv_entry *e, sd_error *err) {
+    dnnl_primitive_desc_t pd;
+    if (conv_pd_create(c, &pd, e->n, e->h, e->w, e->x_ld, e->y_ld, e->accumulate, err)) return -1;
+    const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    int rc = conv_weights_get(c, wmd, &e->wei_index, err);
+    dnnl_status_t st = dnnl_success;
+    if (!rc) st = dnnl_memory_create(&e->src, smd, g_engine, DNNL_MEMORY_NONE);
+    if (!rc && st == dnnl_success) st = dnnl_memory_create(&e->dst, dmd, g_engine, DNNL_MEMORY_NONE);
+    if (!rc && st == dnnl_success) st = dnnl_primitive_create(&e->prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return rc;
+    CHECK(st, "convolution primitive");
+    e->wei = c->wts[e->wei_index].mem;
+    return 0;
+}
+
+int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weight,
+                     const float *bias, sd_error *err) {
+    *out = NULL;
+    if (engine_get(err)) return -1;
+    if (d->c_in < 1 || d->c_out < 1 || d->kh < 1 || d->kw < 1 || d->stride_h < 1 || d->stride_w < 1)
+        return sd_fail(err, "core/conv2d: invalid convolution %lldx%lldx%lldx%lld stride %lld",
+                       (long long)d->c_out, (long long)d->c_in, (long long)d->kh, (long long)d->kw,
+                       (long long)d->stride_h);
+    sd_conv2d *c = calloc(1, sizeof *c);
+    if (!c) return sd_fail(err, "core/conv2d: out of memory");
+    c->d = *d;
+    if (bias) {
+        c->bias = malloc((size_t)d->c_out * sizeof(float));
+        if (!c->bias) {
+            free(c);
+            return sd_fail(err, "core/conv2d: out of memory");
+        }
+        memcpy(c->bias, bias, (size_t)d->c_out * sizeof(float));
+    }
+    /* copy 0: the PyTorch layout, owned; replaced by the preferred format below */
+    dnnl_dims_t wdims = {d->c_out, d->c_in, d->kh, d->kw};
+    dnnl_memory_desc_init_by_tag(&c->wts[0].md, 4, wdims, dnnl_f32, dnnl_oihw);
+    if (dnnl_memory_create(&c->wts[0].mem, &c->wts[0].md, g_engine, DNNL_MEMORY_ALLOCATE) != dnnl_success) {
+        sd_conv2d_free(c);
+        return sd_fail(err, "core/conv2d: out of memory for weights");
+    }
+    c->n_wts = 1;
+    void *h0 = NULL;
+    dnnl_memory_get_data_handle(c->wts[0].mem, &h0);
+    memcpy(h0, weight, (size_t)(d->c_out * d->c_in * d->kh * d->kw) * sizeof(float));
+    /* Ask for the preferred weights format with a nominal 64x64 input and
+     * keep only that copy: the format depends on the ISA and channels. */
+    int64_t nh = 64 > d->kh ? 64 : d->kh, nw = 64 > d->kw ? 64 : d->kw;
+    dnnl_primitive_desc_t pd;
+    if (conv_pd_create(c, &pd, 1, nh, nw, d->c_in, d->c_out, 0, err)) {
+        sd_conv2d_free(c);
+        return -1;
+    }
+    dnnl_memory_desc_t pref = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    int idx;
+    if (conv_weights_get(c, &pref, &idx, err)) {
+        sd_conv2d_free(c);
+        return -1;
+    }
+    if (idx != 0) { /* drop the oihw copy; the preferred one becomes the source */
+        dnnl_memory_destroy(c->wts[0].mem);
+        c->wts[0] = c->wts[idx];
+        c->n_wts = 1;
+    }
+    *out = c;
+    return 0;
+}
+
+void sd_conv2d_free(sd_conv2d *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n_entries; i++) {
+        conv_entry *e = &c->entries[i];
+        if (e->prim) dnnl_primitive_destroy(e->prim);
+        if (e->src) dnnl_memory_destroy(e->src);
+        if (e->dst) dnnl_memory_destroy(e->dst);
+        if (e->bias) dnnl_memory_destroy(e->bias);
+    }
+    free(c->entries);
+    for (int i = 0; i < c->n_wts; i++)
+        if (c->wts[i].mem) dnnl_memory_destroy(c->wts[i].mem);
+    free(c->bias);
+    free(c);
+}
+
+static int conv_entry_find(sd_conv2d *c, int64_t n, int64_t h, int64_t w, int64_t x_ld,
+                           int64_t y_ld, int accumulate, conv_entry **out, sd_error *err) {
+    for (int i = 0; i < c->n_entries; i++) {
+        conv_entry *e = &c->entries[i];
+        if (e->n == n && e->h == h && e->w == w && e->x_ld == x_ld && e->y_ld == y_ld &&
+            e->accumulate == accumulate) {
+            *out = e;
+            return 0;
+        }
+    }
+    if (c->n_entries == c->cap_entries) {
+        int cap = c->cap_entries ? 2 * c->cap_entries : 4;
+        conv_entry *ne = realloc(c->entries, (size_t)cap * sizeof *ne);
+        if (!ne) return sd_fail(err, "core/conv2d: out of memory");
+        c->entries = ne;
+        c->cap_entries = cap;
+    }
+    conv_entry *e = &c->entries[c->n_entries];
+    memset(e, 0, sizeof *e);
+    e->n = n, e->h = h, e->w = w, e->x_ld = x_ld, e->y_ld = y_ld, e->accumulate = accumulate;
+    if (conv_entry_create(c, e, err)) {
+        if (e->src) dnnl_memory_destroy(e->src);
+        if (e->dst) dnnl_memory_destroy(e->dst);
+        return -1;
+    }
+    if (c->bias) {
+        dnnl_memory_desc_t bmd;
+        dnnl_dims_t bdims = {c->d.c_out};
+        dnnl_memory_desc_init_by_tag(&bmd, 1, bdims, dnnl_f32, dnnl_a);
+        CHECK(dnnl_memory_create(&e->bias, &bmd, g_engine, c->bias), "bias memory");
+    }
+    c->n_entries++;
+    *out = e;
+    return 0;
+}
+
+int sd_conv2d_forward_ex(sd_conv2d *c, const float *x, int64_t x_ld, int64_t n, int64_t h,
+                         int64_t w, float *y, int64_t y_ld, int accumulate, sd_error *err) {
+    int64_t oh, ow;
+    sd_conv2d_out_size(c, h, w, &oh, &ow);
+    if (n < 1 || oh < 1 || ow < 1 || x_ld < c->d.c_in || y_ld < c->d.c_out)
+        return sd_fail(err, "core/conv2d: bad input geometry n=%lld h=%lld w=%lld x_ld=%lld y_ld=%lld",
+                       (long long)n, (long long)h, (long long)w, (long long)x_ld, (long long)y_ld);
+    conv_entry *e;
+    if (conv_entry_find(c, n, h, w, x_ld, y_ld, accumulate ? 1 : 0, &e, err)) return -1;
+    dnnl_memory_set_data_handle(e->src, (void *)x);
+    dnnl_memory_set_data_handle(e->dst, y);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei},
+                               {DNNL_ARG_DST, e->dst}, {DNNL_ARG_BIAS, e->bias}};
+    CHECK(dnnl_primitive_execute(e->prim, g_stream, c->bias ? 4 : 3, args), "convolution execute");
+    CHECK(dnnl_stream_wait(g_stream), "stream wait");
+    return 0;
+}
+
+int sd_conv2d_forward(sd_conv2d *c, const float *x, int64_t n, int64_t h, int64_t w, float *y,
+                      sd_error *err) {
+    return sd_conv2d_forward_ex(c, x, c->d.c_in, n, h, w, y, c->d.c_out, 0, err);
+}

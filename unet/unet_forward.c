@@ -1,0 +1,440 @@
+/* unet/unet_forward — the UNet2DConditionModel forward pass on NHWC
+ * activations (diffusers v0.27.2 unet_2d_condition.py forward, with
+ * unet_2d_blocks.py CrossAttnDownBlock2D / DownBlock2D / UNetMidBlock2DCrossAttn
+ * / CrossAttnUpBlock2D / UpBlock2D, resnet.py ResnetBlock2D, Downsample2D,
+ * Upsample2D, transformer_2d.py Transformer2DModel, attention.py
+ * BasicTransformerBlock). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unet/unet_internal.h"
+
+#define MAX_SKIPS 256
+
+/* ------------------------------------------------------------- geometry */
+
+/* Spatial size of every level for an h x w latent (the down samplers' conv arithmetic). */
+static void level_sizes(const sd_unet *u, int64_t h, int64_t w, int64_t *lh, int64_t *lw) {
+    lh[0] = h, lw[0] = w;
+    for (int l = 0; l + 1 < u->cfg.n_levels; l++)
+        sd_conv2d_out_size(u->down[l].sampler, lh[l], lw[l], &lh[l + 1], &lw[l + 1]);
+}
+
+typedef struct unet_plan {
+    int64_t lh[SD_UNET_MAX_LEVELS], lw[SD_UNET_MAX_LEVELS];
+    int64_t x, skips, act, tok, lin, attn; /* floats per buffer kind */
+} unet_plan;
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Token buffers, projection scratch and attention scratch for one Transformer2D at hw pixels. */
+static void plan_transformer(unet_plan *p, const sd_unet_transformer *tr, int64_t n, int64_t hw, int64_t n_ctx) {
+    int64_t rows = n * hw;
+    p->tok = max64(p->tok, rows * tr->inner);
+    for (int k = 0; k < tr->n_blocks; k++) {
+        sd_unet_tblock *t = &tr->blocks[k];
+        p->lin = max64(p->lin, sd_proj_scratch_floats(&t->attn1.to_q, rows));
+        p->lin = max64(p->lin, sd_proj_scratch_floats(&t->attn1.to_k, rows));
+        p->lin = max64(p->lin, sd_proj_scratch_floats(&t->attn1.to_v, rows));
+        p->lin = max64(p->lin, sd_proj_scratch_floats(&t->attn2.to_q, rows));
+        p->lin = max64(p->lin, sd_ff_scratch_floats(&t->ff, rows));
+        p->attn = max64(p->attn, sd_attention_scratch_floats(hw, max64(hw, n_ctx), t->attn1.head_dim));
+    }
+}
+
+static void plan_block(unet_plan *p, const sd_unet_block *blk, int64_t n, int64_t hw, int64_t n_ctx) {
+    for (int j = 0; j < blk->n_resnets; j++)
+        p->act = max64(p->act, n * hw * max64(blk->resnets[j].c_in, blk->resnets[j].c_out));
+    for (int a = 0; a < blk->n_attn; a++) plan_transformer(p, &blk->attn[a], n, hw, n_ctx);
+}
+
+static void unet_plan_make(const sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, unet_plan *p) {
+    const sd_unet_config *c = &u->cfg;
+    int nl = c->n_levels;
+    memset(p, 0, sizeof *p);
+    level_sizes(u, h, w, p->lh, p->lw);
+    int64_t c0 = c->block_out_channels[0];
+    p->x = n * h * w * c->in_channels;
+    p->skips = n * h * w * c0;
+    p->act = n * h * w * max64(c0, c->out_channels);
+    for (int l = 0; l < nl; l++) {
+        int64_t hw = p->lh[l] * p->lw[l], cl = c->block_out_channels[l];
+        plan_block(p, &u->down[l], n, hw, n_ctx);
+        p->skips += n * hw * cl * u->down[l].n_resnets;
+        if (u->down[l].sampler) p->skips += n * p->lh[l + 1] * p->lw[l + 1] * cl;
+    }
+    if (u->mid.n_resnets) plan_block(p, &u->mid, n, p->lh[nl - 1] * p->lw[nl - 1], n_ctx);
+    for (int i = 0; i < nl; i++) {
+        int lvl = nl - 1 - i;
+        plan_block(p, &u->up[i], n, p->lh[lvl] * p->lw[lvl], n_ctx);
+        if (u->up[i].sampler) p->act = max64(p->act, n * p->lh[lvl - 1] * p->lw[lvl - 1] * u->up[i].c_out);
+    }
+}
+
+/* Floats rounded up to a 64-byte boundary. */
+static int64_t pad16(int64_t f) { return (f + 15) & ~(int64_t)15; }
+
+static int workspace_ensure(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, sd_error *err) {
+    unet_plan p;
+    unet_plan_make(u, n, h, w, n_ctx, &p);
+    int64_t total = pad16(p.x) + pad16(p.skips) + 5 * pad16(p.act) + 6 * pad16(p.tok) + pad16(p.lin) +
+                    pad16(p.attn);
+    unet_workspace *ws = &u->ws;
+    if ((size_t)total > ws->floats) {
+        free(ws->base);
+        ws->base = aligned_alloc(64, (size_t)total * sizeof(float));
+        ws->floats = ws->base ? (size_t)total : 0;
+        if (!ws->base)
+            return sd_fail(err, "unet: out of memory for a %lld x %lld x %lld workspace (%lld MB)", (long long)n,
+                           (long long)h, (long long)w, (long long)(total * 4 >> 20));
+    }
+    float *at = ws->base;
+#define CARVE(field, count) (ws->field = at, at += pad16(count))
+    CARVE(x, p.x);
+    CARVE(skips, p.skips);
+    CARVE(ha, p.act);
+    CARVE(hb, p.act);
+    CARVE(cat, p.act);
+    CARVE(t1, p.act);
+    CARVE(t2, p.act);
+    CARVE(ln, p.tok);
+    CARVE(q, p.tok);
+    CARVE(k, p.tok);
+    CARVE(v, p.tok);
+    CARVE(o, p.tok);
+    CARVE(ffo, p.tok);
+    CARVE(lin_scratch, p.lin);
+    CARVE(attn_scratch, p.attn);
+#undef CARVE
+    ws->attn_scratch_floats = p.attn;
+    ws->n = n, ws->h = h, ws->w = w, ws->n_ctx = n_ctx;
+    return 0;
+}
+
+int sd_unet_reserve(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, sd_error *err) {
+    if (n < 1 || h < 1 || w < 1 || n_ctx < 1) return sd_fail(err, "unet: reserve: sizes must be >= 1");
+    return workspace_ensure(u, n, h, w, n_ctx, err);
+}
+
+void sd_unet_set_capture(sd_unet *u, sd_unet_capture_fn fn, void *ctx) {
+    u->capture = fn;
+    u->capture_ctx = ctx;
+}
+
+static void capture(sd_unet *u, const char *name, const float *x, int64_t n, int64_t h, int64_t w, int64_t c) {
+    if (u->capture) u->capture(u->capture_ctx, name, x, n, h, w, c);
+}
+
+/* ------------------------------------------------------------ time embedding */
+
+/* diffusers get_timestep_embedding (embeddings.py) in float32: exponent =
+ * -ln(10000) * k / (half - freq_shift), arg = t * exp(exponent), [sin | cos]
+ * ([cos | sin] with flip_sin_to_cos), zero pad for odd dims; then
+ * TimestepEmbedding: linear_1 -> SiLU -> linear_2. */
+static void time_embedding(sd_unet *u, float t) {
+    int64_t dim = u->cfg.block_out_channels[0], half = dim / 2;
+    const float neg_log = (float)-log(10000.0);
+    for (int64_t k = 0; k < half; k++) {
+        float e = neg_log * (float)k;
+        e = e / ((float)half - u->cfg.freq_shift);
+        float arg = t * expf(e);
+        float s = (float)sin((double)arg), co = (float)cos((double)arg);
+        u->tproj[u->cfg.flip_sin_to_cos ? k : half + k] = co;
+        u->tproj[u->cfg.flip_sin_to_cos ? half + k : k] = s;
+    }
+    if (dim % 2) u->tproj[dim - 1] = 0.0f;
+    int64_t te = u->cfg.time_embed_dim;
+    sd_dense_forward(&u->time_lin1, u->tproj, 1, u->temb_act);
+    sd_silu(u->temb_act, u->temb_act, te);
+    sd_dense_forward(&u->time_lin2, u->temb_act, 1, u->temb);
+    sd_silu(u->temb, u->temb_act, te); /* every resnet applies SiLU before time_emb_proj */
+}
+
+/* ------------------------------------------------------------------ resnet */
+
+/* y = (shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x))) + proj(SiLU(temb)))))) / out_scale.
+ * y must not alias x. */
+static int run_resnet(sd_unet *u, sd_unet_resnet *r, const float *x, int64_t n, int64_t h, int64_t w, float *y,
+                      sd_error *err) {
+    unet_workspace *ws = &u->ws;
+    int64_t hw = h * w, rows = n * hw;
+    int G = u->cfg.norm_num_groups;
+    float eps = u->cfg.norm_eps;
+    sd_group_norm(x, n, hw, r->c_in, G, eps, r->norm1_w.data, r->norm1_b.data, ws->t1, 1);
+    if (sd_conv2d_forward(r->conv1, ws->t1, n, h, w, ws->t2, err)) return -1;
+    sd_dense_forward(&r->time_emb_proj, u->temb_act, 1, u->tvec);
+    sd_add_bias(ws->t2, rows, r->c_out, u->tvec);
+    sd_group_norm(ws->t2, n, hw, r->c_out, G, eps, r->norm2_w.data, r->norm2_b.data, ws->t1, 1);
+    if (r->conv_shortcut) {
+        if (sd_conv2d_forward(r->conv_shortcut, x, n, h, w, y, err)) return -1;
+    } else {
+        memcpy(y, x, (size_t)(rows * r->c_out) * sizeof(float));
+    }
+    if (sd_conv2d_forward_ex(r->conv2, ws->t1, r->c_out, n, h, w, y, r->c_out, 1, err)) return -1;
+    if (r->out_scale != 1.0f)
+        for (int64_t i = 0; i < rows * r->c_out; i++) y[i] /= r->out_scale;
+    return 0;
+}
+
+/* ------------------------------------------------------------- transformer */
+
+/* Computes attn2 K and V of one block for context [n * n_ctx, kv_dim] into its cache. */
+static int tblock_cache_kv(sd_unet_tblock *t, const float *ctx, int64_t n, int64_t n_ctx, float *scratch,
+                           sd_error *err) {
+    int64_t rows = n * n_ctx, dim = t->attn2.dim;
+    if (t->kv_cache_rows < rows) {
+        free(t->kv_cache);
+        t->kv_cache = malloc((size_t)(2 * rows * dim) * sizeof(float));
+        t->kv_cache_rows = t->kv_cache ? rows : 0;
+        if (!t->kv_cache) return sd_fail(err, "unet: out of memory for the cross-attention cache");
+    }
+    if (sd_proj_forward(&t->attn2.to_k, ctx, rows, t->kv_cache, scratch, err) ||
+        sd_proj_forward(&t->attn2.to_v, ctx, rows, t->kv_cache + rows * dim, scratch, err))
+        return sd_error_prefix(err, "unet: %s.attn2", t->name);
+    return 0;
+}
+
+/* BasicTransformerBlock (norm_type layer_norm, no ada-norm): h += attn1(LN1 h);
+ * h += attn2(LN2 h, context); h += ff(LN3 h).  h [n * hw, dim], in place. */
+static int run_tblock(sd_unet *u, sd_unet_tblock *t, float *h, int64_t n, int64_t hw, sd_error *err) {
+    unet_workspace *ws = &u->ws;
+    int64_t rows = n * hw, dim = t->attn1.dim, n_ctx = u->ctx_tokens;
+    const float ln_eps = 1e-5f;
+    sd_unet_attention *a1 = &t->attn1, *a2 = &t->attn2;
+    float scale1 = (float)(1.0 / sqrt((double)a1->head_dim)), scale2 = (float)(1.0 / sqrt((double)a2->head_dim));
+    sd_layer_norm(h, rows, dim, t->norm1_w.data, t->norm1_b.data, ln_eps, ws->ln);
+    if (sd_proj_forward(&a1->to_q, ws->ln, rows, ws->q, ws->lin_scratch, err) ||
+        sd_proj_forward(&a1->to_k, ws->ln, rows, ws->k, ws->lin_scratch, err) ||
+        sd_proj_forward(&a1->to_v, ws->ln, rows, ws->v, ws->lin_scratch, err))
+        return sd_error_prefix(err, "unet: %s.attn1", t->name);
+    sd_attention(ws->q, dim, ws->k, dim, ws->v, dim, n, hw, hw, a1->heads, a1->head_dim, scale1, 0, ws->o, dim,
+                 ws->attn_scratch);
+    sd_linear_ex(ws->o, dim, a1->to_out.w.data, a1->to_out.b.data, rows, dim, dim, h, dim, 1);
+
+    sd_layer_norm(h, rows, dim, t->norm2_w.data, t->norm2_b.data, ln_eps, ws->ln);
+    if (sd_proj_forward(&a2->to_q, ws->ln, rows, ws->q, ws->lin_scratch, err))
+        return sd_error_prefix(err, "unet: %s.attn2", t->name);
+    const float *K = t->kv_cache, *V = t->kv_cache + n * n_ctx * dim;
+    sd_attention(ws->q, dim, K, dim, V, dim, n, hw, n_ctx, a2->heads, a2->head_dim, scale2, 0, ws->o, dim,
+                 ws->attn_scratch);
+    sd_linear_ex(ws->o, dim, a2->to_out.w.data, a2->to_out.b.data, rows, dim, dim, h, dim, 1);
+
+    sd_layer_norm(h, rows, dim, t->norm3_w.data, t->norm3_b.data, ln_eps, ws->ln);
+    if (sd_ff_forward(&t->ff, ws->ln, rows, ws->ffo, ws->lin_scratch, err))
+        return sd_error_prefix(err, "unet: %s.ff", t->name);
+    sd_add(h, ws->ffo, h, rows * dim);
+    return 0;
+}
+
+/* Transformer2DModel (continuous input): x += proj_out(blocks(proj_in(GN(x)))).
+ * GroupNorm eps 1e-6; proj_in/out are 1x1 convs or linears, both plain GEMMs on NHWC rows. */
+static int run_transformer(sd_unet *u, sd_unet_transformer *tr, float *x, int64_t n, int64_t h, int64_t w,
+                           sd_error *err) {
+    unet_workspace *ws = &u->ws;
+    int64_t hw = h * w, rows = n * hw;
+    sd_group_norm(x, n, hw, tr->channels, tr->groups, 1e-6f, tr->norm_w.data, tr->norm_b.data, ws->t1, 0);
+    sd_dense_forward(&tr->proj_in, ws->t1, rows, ws->t2);
+    for (int k = 0; k < tr->n_blocks; k++)
+        if (run_tblock(u, &tr->blocks[k], ws->t2, n, hw, err)) return -1;
+    sd_linear_ex(ws->t2, tr->inner, tr->proj_out.w.data, tr->proj_out.b.data, rows, tr->inner, tr->channels, x,
+                 tr->channels, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ blocks */
+
+typedef struct skip_t {
+    float *p;
+    int64_t h, w, c;
+} skip_t;
+
+typedef struct fwd_state {
+    int64_t n;
+    float *cur;            /* current hidden states */
+    int64_t h, w, c;
+    skip_t skips[MAX_SKIPS];
+    int n_skips;
+    float *skip_next;      /* next free float of the skip arena */
+} fwd_state;
+
+static float *skip_push(fwd_state *s, int64_t h, int64_t w, int64_t c) {
+    float *p = s->skip_next;
+    s->skips[s->n_skips++] = (skip_t){p, h, w, c};
+    s->skip_next += s->n * h * w * c;
+    return p;
+}
+
+static int run_down(sd_unet *u, int l, fwd_state *s, sd_error *err) {
+    sd_unet_block *blk = &u->down[l];
+    char name[96];
+    int first = s->n_skips;
+    for (int j = 0; j < blk->n_resnets; j++) {
+        sd_unet_resnet *r = &blk->resnets[j];
+        if (s->n_skips + 2 > MAX_SKIPS) return sd_fail(err, "unet: more than %d skip tensors", MAX_SKIPS);
+        float *out = skip_push(s, s->h, s->w, r->c_out);
+        if (run_resnet(u, r, s->cur, s->n, s->h, s->w, out, err)) return -1;
+        if (blk->n_attn && run_transformer(u, &blk->attn[j], out, s->n, s->h, s->w, err)) return -1;
+        s->cur = out, s->c = r->c_out;
+    }
+    if (blk->sampler) {
+        int64_t oh, ow;
+        sd_conv2d_out_size(blk->sampler, s->h, s->w, &oh, &ow);
+        float *out = skip_push(s, oh, ow, s->c);
+        if (sd_conv2d_forward(blk->sampler, s->cur, s->n, s->h, s->w, out, err)) return -1;
+        s->cur = out, s->h = oh, s->w = ow;
+    }
+    if (u->capture) {
+        snprintf(name, sizeof name, "down_blocks.%d.hidden_states", l);
+        capture(u, name, s->cur, s->n, s->h, s->w, s->c);
+        for (int j = first; j < s->n_skips; j++) {
+            snprintf(name, sizeof name, "down_blocks.%d.res_samples.%d", l, j - first);
+            capture(u, name, s->skips[j].p, s->n, s->skips[j].h, s->skips[j].w, s->skips[j].c);
+        }
+    }
+    return 0;
+}
+
+static int run_mid(sd_unet *u, fwd_state *s, sd_error *err) {
+    sd_unet_block *blk = &u->mid;
+    unet_workspace *ws = &u->ws;
+    if (run_resnet(u, &blk->resnets[0], s->cur, s->n, s->h, s->w, ws->ha, err)) return -1;
+    float *cur = ws->ha, *other = ws->hb;
+    for (int a = 0; a < blk->n_attn; a++) {
+        if (run_transformer(u, &blk->attn[a], cur, s->n, s->h, s->w, err)) return -1;
+        if (run_resnet(u, &blk->resnets[a + 1], cur, s->n, s->h, s->w, other, err)) return -1;
+        float *t = cur;
+        cur = other, other = t;
+    }
+    s->cur = cur, s->c = blk->c_out;
+    capture(u, "mid_block", s->cur, s->n, s->h, s->w, s->c);
+    return 0;
+}
+
+static int run_up(sd_unet *u, int i, fwd_state *s, sd_error *err) {
+    sd_unet_block *blk = &u->up[i];
+    unet_workspace *ws = &u->ws;
+    int64_t rows = s->n * s->h * s->w;
+    for (int j = 0; j < blk->n_resnets; j++) {
+        sd_unet_resnet *r = &blk->resnets[j];
+        if (s->n_skips < 1) return sd_fail(err, "unet: up_blocks.%d: no skip tensor left", i);
+        skip_t sk = s->skips[--s->n_skips];
+        if (sk.h != s->h || sk.w != s->w || s->c + sk.c != r->c_in)
+            return sd_fail(err, "unet: up_blocks.%d.resnets.%d: skip [%lld x %lld x %lld] does not fit hidden "
+                           "[%lld x %lld x %lld] (resnet expects %lld channels)", i, j, (long long)sk.h,
+                           (long long)sk.w, (long long)sk.c, (long long)s->h, (long long)s->w, (long long)s->c,
+                           (long long)r->c_in);
+        /* torch.cat([hidden_states, res_hidden_states], dim=1) */
+        sd_concat_channels(s->cur, s->c, sk.p, sk.c, rows, ws->cat);
+        float *out = s->cur == ws->ha ? ws->hb : ws->ha;
+        if (run_resnet(u, r, ws->cat, s->n, s->h, s->w, out, err)) return -1;
+        if (blk->n_attn && run_transformer(u, &blk->attn[j], out, s->n, s->h, s->w, err)) return -1;
+        s->cur = out, s->c = r->c_out;
+    }
+    if (blk->sampler) {
+        if (s->n_skips < 1) return sd_fail(err, "unet: up_blocks.%d: no skip tensor for the upsample size", i);
+        /* Upsample2D: nearest to the next skip's size (diffusers forwards
+         * upsample_size when the latent is not a multiple of 2^num_upsamplers;
+         * otherwise x2, which is the same size), then conv 3x3. */
+        int64_t oh = s->skips[s->n_skips - 1].h, ow = s->skips[s->n_skips - 1].w;
+        sd_upsample_nearest(s->cur, s->n, s->h, s->w, s->c, ws->cat, oh, ow, s->c);
+        float *out = s->cur == ws->ha ? ws->hb : ws->ha;
+        if (sd_conv2d_forward(blk->sampler, ws->cat, s->n, oh, ow, out, err)) return -1;
+        s->cur = out, s->h = oh, s->w = ow;
+    }
+    if (u->capture) {
+        char name[64];
+        snprintf(name, sizeof name, "up_blocks.%d", i);
+        capture(u, name, s->cur, s->n, s->h, s->w, s->c);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- context */
+
+static int64_t context_scratch_floats(const sd_unet *u, int64_t rows) {
+    int64_t m = 0;
+    for (int i = 0; i < u->n_tblocks; i++) {
+        m = max64(m, sd_proj_scratch_floats(&u->tblocks[i]->attn2.to_k, rows));
+        m = max64(m, sd_proj_scratch_floats(&u->tblocks[i]->attn2.to_v, rows));
+    }
+    return m;
+}
+
+int sd_unet_set_context(sd_unet *u, const float *context, int64_t n, int64_t n_ctx, sd_error *err) {
+    if (n < 1 || n_ctx < 1) return sd_fail(err, "unet: context: need n >= 1 and n_ctx >= 1");
+    u->ctx_n = u->ctx_tokens = 0;
+    int64_t sf = context_scratch_floats(u, n * n_ctx);
+    float *scratch = sf ? malloc((size_t)sf * sizeof(float)) : NULL;
+    if (sf && !scratch) return sd_fail(err, "unet: out of memory");
+    for (int i = 0; i < u->n_tblocks; i++)
+        if (tblock_cache_kv(u->tblocks[i], context, n, n_ctx, scratch, err)) {
+            free(scratch);
+            return -1;
+        }
+    free(scratch);
+    u->ctx_n = n, u->ctx_tokens = n_ctx;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static int unet_run(sd_unet *u, const float *sample, int64_t n, int64_t h, int64_t w, float timestep, float *out,
+                    sd_error *err) {
+    const sd_unet_config *c = &u->cfg;
+    unet_workspace *ws = &u->ws;
+    int64_t c0 = c->block_out_channels[0], hw = h * w;
+    time_embedding(u, timestep);
+    capture(u, "time_proj", u->tproj, 1, 1, 1, c0);
+    capture(u, "time_embedding", u->temb, 1, 1, 1, c->time_embed_dim);
+
+    sd_nchw_to_nhwc(sample, n, c->in_channels, h, w, ws->x);
+    if (c->center_input_sample)
+        for (int64_t i = 0; i < n * hw * c->in_channels; i++) ws->x[i] = 2.0f * ws->x[i] - 1.0f;
+    fwd_state *s = calloc(1, sizeof *s);
+    if (!s) return sd_fail(err, "unet: out of memory");
+    s->n = n, s->h = h, s->w = w, s->c = c0, s->skip_next = ws->skips;
+    int rc = -1;
+    s->cur = skip_push(s, h, w, c0);
+    if (sd_conv2d_forward(u->conv_in, ws->x, n, h, w, s->cur, err)) goto done;
+    capture(u, "conv_in", s->cur, n, h, w, c0);
+    for (int l = 0; l < c->n_levels; l++)
+        if (run_down(u, l, s, err)) goto done;
+    if (u->mid.n_resnets && run_mid(u, s, err)) goto done;
+    for (int i = 0; i < c->n_levels; i++)
+        if (run_up(u, i, s, err)) goto done;
+    /* conv_norm_out -> SiLU -> conv_out */
+    sd_group_norm(s->cur, n, hw, c0, c->norm_num_groups, c->norm_eps, u->norm_out_w.data, u->norm_out_b.data, ws->t1,
+                  u->capture ? 0 : 1);
+    if (u->capture) {
+        capture(u, "conv_norm_out", ws->t1, n, h, w, c0);
+        sd_silu(ws->t1, ws->t1, n * hw * c0);
+    }
+    if (sd_conv2d_forward(u->conv_out, ws->t1, n, h, w, ws->t2, err)) goto done;
+    capture(u, "conv_out", ws->t2, n, h, w, c->out_channels);
+    sd_nhwc_to_nchw(ws->t2, n, h, w, c->out_channels, out);
+    rc = 0;
+done:
+    free(s);
+    return rc;
+}
+
+int sd_unet_forward_ex(sd_unet *u, const float *sample, int64_t n, int64_t h, int64_t w, float timestep,
+                       const float *context, int64_t n_ctx, float *out, sd_error *err) {
+    if (n < 1 || h < 1 || w < 1) return sd_fail(err, "unet: forward: batch and sizes must be >= 1");
+    if (context) {
+        if (sd_unet_set_context(u, context, n, n_ctx, err)) return -1;
+    } else if (u->ctx_n != n) {
+        return sd_fail(err, "unet: forward: no cached context for a batch of %lld (call sd_unet_set_context)",
+                       (long long)n);
+    }
+    if (workspace_ensure(u, n, h, w, u->ctx_tokens, err)) return -1;
+    return unet_run(u, sample, n, h, w, timestep, out, err);
+}
+
+int sd_unet_forward(sd_unet *u, const float *sample, int64_t n, int64_t h, int64_t w, float timestep,
+                    const float *context, float *out, sd_error *err) {
+    int64_t n_ctx = u->ctx_tokens > 0 ? u->ctx_tokens : 77;
+    return sd_unet_forward_ex(u, sample, n, h, w, timestep, context, n_ctx, out, err);
+}
