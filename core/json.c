@@ -7,11 +7,43 @@
 
 #include "core/fileio.h"
 
+/* Python's json module writes the non-standard tokens NaN, Infinity and
+ * -Infinity (diffusers saves "lambda_min_clipped": -Infinity).  cJSON refuses
+ * them, so outside strings they are blanked to null (padded with spaces, so
+ * byte offsets in error messages stay right); readers then see the key as
+ * absent and apply the default. */
+static void blank_python_nonfinite(char *t, size_t len) {
+    static const char *const toks[] = {"-Infinity", "Infinity", "NaN"};
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = t[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = 0;
+            continue;
+        }
+        if (c == '"') {
+            in_str = 1;
+            continue;
+        }
+        for (size_t k = 0; k < 3; k++) {
+            size_t n = strlen(toks[k]);
+            if (i + n <= len && !memcmp(t + i, toks[k], n)) {
+                memcpy(t + i, "null", 4);
+                memset(t + i + 4, ' ', n - 4);
+                i += n - 1;
+                break;
+            }
+        }
+    }
+}
+
 int sd_json_load(const char *path, cJSON **out, sd_error *err) {
     *out = NULL;
     char *text;
     size_t len;
     if (sd_read_file(path, 64u << 20, &text, &len, err)) return -1;
+    blank_python_nonfinite(text, len);
     const char *endp = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &endp, 0);
     if (!root) {

@@ -1,0 +1,146 @@
+/* `sdmoe generate`: text-to-image from the command line. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "cli/gen_options.h"
+#include "cli/progress.h"
+#include "cli/render.h"
+#include "core/kernels.h"
+#include "sampler/pipeline.h"
+#include "unet/unet.h"
+
+/* Progress of one run: a bar per stage, labelled with the image number. */
+typedef struct gen_progress {
+    cli_progress bar;
+    cli_progress_mode mode;
+    char stage[32];
+    int image, images;
+} gen_progress;
+
+static void on_progress(void *ctx, const char *stage, int done, int total) {
+    gen_progress *g = ctx;
+    if (strcmp(stage, g->stage) || done == 0) {
+        if (g->stage[0]) cli_progress_finish(&g->bar);
+        snprintf(g->stage, sizeof g->stage, "%s", stage);
+        char label[64];
+        if (g->images > 1 && strcmp(stage, "load"))
+            snprintf(label, sizeof label, "%s %d/%d", !strcmp(stage, "sample") ? "sampling" : stage, g->image + 1,
+                     g->images);
+        else
+            snprintf(label, sizeof label, "%s", !strcmp(stage, "sample") ? "sampling" : !strcmp(stage, "load") ? "loading" : stage);
+        cli_progress_init(&g->bar, stderr, g->mode);
+        cli_progress_start(&g->bar, label, total);
+    }
+    cli_progress_update(&g->bar, done);
+}
+
+static void progress_end(gen_progress *g) {
+    if (g->stage[0]) cli_progress_finish(&g->bar);
+    g->stage[0] = 0;
+}
+
+static int fail(const sd_error *err) {
+    fprintf(stderr, "sdmoe: %s\n", err->msg);
+    return 1;
+}
+
+static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) {
+    sd_error err = {0};
+    render_sampler rs;
+    if (render_resolve_sampler(p, o->sampler, o->scheduler, &rs, &err)) return fail(&err);
+    int width = o->width, height = o->height;
+    int dw, dh;
+    sd_pipeline_default_size(p, &dw, &dh);
+    if (!width) width = dw;
+    if (!height) height = dh;
+    sd_prompt_syntax syntax;
+    if (sd_prompt_syntax_parse(o->prompt_syntax, &syntax, &err)) return fail(&err);
+    uint64_t seed = o->seed < 0 ? render_random_seed() : (uint64_t)o->seed;
+    sd_model *m = sd_pipeline_model(p);
+    char hash[11] = "";
+    if (sd_model_hash(m, hash, &err)) return fail(&err);
+    const sd_unet_config *uc = sd_unet_get_config(sd_pipeline_unet(p));
+    if (!o->quiet)
+        fprintf(stderr, "sdmoe: %dx%d, %d steps, sampler %s%s, cfg %.4g, seed %llu\n", width, height, o->steps,
+                sd_sampler_get(rs.id)->name, rs.karras_in_use ? " (karras)" : "", o->cfg_scale,
+                (unsigned long long)seed);
+    for (int i = 0; i < o->batch_count; i++) {
+        char path[4096];
+        if (render_output_name(o->output, i, o->batch_count, path, sizeof path, &err)) return fail(&err);
+        if (render_check_writable(path, &err)) return fail(&err);
+        uint64_t s = seed + (uint64_t)i; /* A1111 / sd.cpp batch convention */
+        sd_txt2img_params q = {.prompt = o->prompt ? o->prompt : "", .negative_prompt = o->negative,
+                               .width = width, .height = height, .steps = o->steps, .cfg_scale = o->cfg_scale,
+                               .sampler = rs.id, .karras = rs.karras, .clip_skip = o->clip_skip,
+                               .syntax = syntax, .n_images = 1, .seeds = &s};
+        prog->image = i;
+        sd_txt2img_hooks h = {.on_progress = on_progress, .ctx = prog};
+        sd_txt2img_result res;
+        if (sd_pipeline_txt2img(p, &q, &h, &res, &err)) {
+            progress_end(prog);
+            return fail(&err);
+        }
+        progress_end(prog);
+        if (i == 0 && res.dropped_tokens > 0)
+            fprintf(stderr, "sdmoe: warning: the prompt is longer than 75 tokens; %d tokens were dropped "
+                    "(use --prompt-syntax a1111 for long prompts)\n", res.dropped_tokens);
+        if (i == 0 && res.invalid_utf8 > 0)
+            fprintf(stderr, "sdmoe: warning: %zu invalid UTF-8 sequences in the prompt were replaced by U+FFFD\n",
+                    res.invalid_utf8);
+        render_meta meta = {.prompt = q.prompt, .negative = o->negative, .steps = o->steps, .sampler = rs,
+                            .cfg_scale = o->cfg_scale, .seed = s, .width = width, .height = height,
+                            .clip_skip = o->clip_skip, .model_hash = hash, .model_name = m->name,
+                            .prompt_syntax = o->prompt_syntax,
+                            .moe_experts = uc->moe_enabled ? uc->moe_num_experts : 0,
+                            .moe_top_k = uc->moe_top_k, .moe_routing = o->moe_routing};
+        char *text = NULL;
+        int rc = render_infotext(&meta, &text, &err);
+        if (!rc) rc = render_save_png(&res, 0, path, text, &err);
+        free(text);
+        sd_txt2img_result_free(&res);
+        if (rc) return fail(&err);
+        if (!o->quiet) fprintf(stderr, "sdmoe: wrote %s (seed %llu)\n", path, (unsigned long long)s);
+        printf("%s\n", path);
+    }
+    return 0;
+}
+
+int cli_generate(int argc, char **argv) {
+    gen_options o;
+    gen_options_defaults(&o);
+    char msg[512];
+    int prc = gen_options_parse(&o, argc, argv, 0, msg, sizeof msg);
+    if (prc == 1) return 0;
+    if (prc < 0) {
+        fprintf(stderr, "sdmoe: %s\n", msg);
+        return 2;
+    }
+    sd_error err = {0};
+    render_sampler probe;
+    /* Validate flags that need no model before the (slow) load. */
+    if (o.sampler) {
+        sd_sampler_id id;
+        int k;
+        if (sd_sampler_lookup(o.sampler, &id, &k, &err)) return fail(&err);
+    }
+    (void)probe;
+    char first[4096];
+    if (render_output_name(o.output, 0, o.batch_count, first, sizeof first, &err) ||
+        render_check_writable(first, &err))
+        return fail(&err);
+    sd_set_threads(o.threads > 0 ? o.threads : sd_default_threads());
+    gen_progress prog = {.mode = cli_progress_auto_mode(stderr, o.quiet), .images = o.batch_count};
+    sd_pipeline_options po = {.variant = o.variant, .model_config = o.model_config,
+                              .moe_routing = !strcmp(o.moe_routing, "per-token") ? SD_MOE_ROUTING_PER_TOKEN
+                                                                                 : SD_MOE_ROUTING_SEGMOE,
+                              .on_progress = on_progress, .progress_ctx = &prog};
+    sd_pipeline *p;
+    int rc = sd_pipeline_load(&p, o.model, &po, &err);
+    progress_end(&prog);
+    if (rc) return fail(&err);
+    rc = render_all(p, &o, &prog);
+    sd_pipeline_free(p);
+    return rc;
+}

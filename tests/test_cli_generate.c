@@ -1,0 +1,175 @@
+/* `sdmoe generate` through the real executable: reference runs read back
+ * from the PNG, the parameters chunk, determinism, and the error cases. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/fileio.h"
+#include "core/image.h"
+#include "core/sha256.h"
+#include "tests/support/test_support.h"
+
+static char *tmp_file(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+/* Runs `sdmoe generate <args>`; returns the exit status. */
+static int run_generate(const char *args, const char *err_path) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s generate -q -t 2 %s", tst_sdmoe_bin(), args);
+    return tst_run(cmd, NULL, err_path);
+}
+
+static void compare_png_to_ref(const char *png, const char *ref_rel) {
+    st_file ref;
+    tst_open_ref(&ref, ref_rel);
+    size_t n;
+    int64_t *u8 = tst_ref_i64(&ref, "image_u8", &n);
+    sd_image img;
+    sd_png_info info;
+    sd_error err = {0};
+    cr_assert_eq(sd_png_read(png, &img, &info, &err), 0, "%s", err.msg);
+    sd_png_info_free(&info);
+    cr_assert_eq((size_t)img.width * img.height * 3, n, "image size");
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = abs((int)img.rgb[i] - (int)u8[i]);
+        cr_expect_leq(d, 1, "pixel value %zu differs by %d", i, d);
+        off += d != 0;
+    }
+    cr_expect_leq(off * 100, n, "%zu of %zu values differ", off, n);
+    sd_image_free(&img);
+    free(u8);
+    st_close(&ref);
+}
+
+Test(cli_generate, ddim_run_matches_reference_png, .timeout = 300) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    char *dir = tst_tmpdir(), *out = tmp_file(dir, "ddim.png"), *model = tst_fixture_path("tiny-sd15");
+    char args[4096];
+    snprintf(args, sizeof args,
+             "-m %s -p 'a cozy cabin in a snowy forest, warm light' -n 'blurry, low quality' "
+             "-W 96 -H 64 --steps 6 --sampler ddim -s 1234 -o %s", model, out);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    compare_png_to_ref(out, "refs/pipeline/ddim_seed1234_64x96.safetensors");
+
+    /* the A1111 parameters chunk, exactly */
+    sd_png_info info;
+    sd_error err = {0};
+    cr_assert_eq(sd_png_read(out, NULL, &info, &err), 0, "%s", err.msg);
+    const sd_png_text_chunk *t = sd_png_info_find(&info, "parameters");
+    cr_assert_not_null(t);
+    char *unet = tst_fixture_path("tiny-sd15/unet/diffusion_pytorch_model.safetensors");
+    char hex[65];
+    cr_assert_eq(sd_sha256_file(unet, hex, &err), 0);
+    hex[10] = 0;
+    char want[1024];
+    snprintf(want, sizeof want,
+             "a cozy cabin in a snowy forest, warm light\n"
+             "Negative prompt: blurry, low quality\n"
+             "Steps: 6, Sampler: DDIM, CFG scale: 7.5, Seed: 1234, Size: 96x64, Model hash: %s, "
+             "Model: tiny-sd15, RNG: CPU, Version: sdmoe %s", hex, SDMOE_VERSION);
+    cr_expect_str_eq(t->text, want);
+    sd_png_info_free(&info);
+    free(unet);
+    free(out);
+    free(model);
+    free(dir);
+}
+
+Test(cli_generate, euler_a_single_file_matches_reference, .timeout = 300) {
+    tst_require_fixture("tiny-sd15.safetensors");
+    char *dir = tst_tmpdir(), *out = tmp_file(dir, "ea.png");
+    char *ckpt = tst_fixture_path("tiny-sd15.safetensors"), *cfg = tst_fixture_path("tiny-sd15");
+    char args[4096];
+    snprintf(args, sizeof args,
+             "-m %s --model-config %s -p 'portrait of a cat wearing a wizard hat' -n '' "
+             "-W 64 -H 64 --steps 10 --sampler euler_a -s 7 -o %s", ckpt, cfg, out);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    compare_png_to_ref(out, "refs/pipeline/euler_a_seed7_64x64.safetensors");
+    free(out);
+    free(ckpt);
+    free(cfg);
+    free(dir);
+}
+
+Test(cli_generate, same_settings_same_bytes, .timeout = 300) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    char *dir = tst_tmpdir(), *model = tst_fixture_path("tiny-sd15");
+    char args[4096];
+    snprintf(args, sizeof args, "-m %s -p 'a red fox' -W 64 -H 64 --steps 3 --sampler euler_a -s 5 -b 2 -o %s/img-%%d.png",
+             model, dir);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    char *a0 = tmp_file(dir, "img-0.png"), *a1 = tmp_file(dir, "img-1.png");
+    char *b0 = tmp_file(dir, "b0.png");
+    snprintf(args, sizeof args, "-m %s -p 'a red fox' -W 64 -H 64 --steps 3 --sampler euler_a -s 5 -o %s", model, b0);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    char *x, *y, *z;
+    size_t nx, ny, nz;
+    sd_error err = {0};
+    cr_assert_eq(sd_read_file(a0, 1 << 24, &x, &nx, &err), 0);
+    cr_assert_eq(sd_read_file(b0, 1 << 24, &y, &ny, &err), 0);
+    cr_assert_eq(sd_read_file(a1, 1 << 24, &z, &nz, &err), 0);
+    cr_expect(nx == ny && memcmp(x, y, nx) == 0, "two runs with the same settings differ");
+    cr_expect(!(nx == nz && memcmp(x, z, nx) == 0), "batch image 1 (seed+1) equals image 0");
+    free(x);
+    free(y);
+    free(z);
+    free(a0);
+    free(a1);
+    free(b0);
+    free(model);
+    free(dir);
+}
+
+/* Each bad input: exit non-zero, one "sdmoe:" line naming the problem, no file. */
+static void expect_error(const char *args_fmt, const char *needle) {
+    char *dir = tst_tmpdir(), *out = tmp_file(dir, "never.png"), *errp = tmp_file(dir, "stderr.txt");
+    char *model = tst_fixture_path("tiny-sd15");
+    char args[4096];
+    snprintf(args, sizeof args, args_fmt, model, out);
+    int st = run_generate(args, errp);
+    cr_expect(st != 0 && st < 128, "status %d for: %s", st, args);
+    char *text;
+    sd_error err = {0};
+    cr_assert_eq(sd_read_file(errp, 1 << 20, &text, NULL, &err), 0);
+    cr_expect(strncmp(text, "sdmoe: ", 7) == 0, "stderr: %s", text);
+    cr_expect(strstr(text, needle) != NULL, "expected '%s' in: %s", needle, text);
+    char *nl = strchr(text, '\n');
+    cr_expect(nl && nl[1] == 0, "expected exactly one line: %s", text);
+    cr_expect(access(out, F_OK) != 0, "an output file was left behind");
+    free(text);
+    free(model);
+    free(out);
+    free(errp);
+    free(dir);
+}
+
+Test(cli_generate, error_unknown_sampler) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    expect_error("-m %s -p x --sampler foo -o %s", "euler_a");
+}
+Test(cli_generate, error_size_not_multiple_of_8) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    expect_error("-m %s -p x -W 100 -o %s", "multiple of 8");
+}
+Test(cli_generate, error_steps_zero) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    expect_error("-m %s -p x --steps 0 -o %s", "--steps");
+}
+Test(cli_generate, error_missing_model) {
+    expect_error("-m %s/does-not-exist -p x -o %s", "does-not-exist");
+}
+Test(cli_generate, error_unwritable_output) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    expect_error("-m %s -p x --steps 1 -o /nonexistent-dir/%s", "cannot write");
+}
+Test(cli_generate, error_unknown_flag) {
+    expect_error("-m %s --frobnicate -o %s", "unknown option");
+}
