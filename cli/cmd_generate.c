@@ -62,6 +62,10 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
     char hash[11] = "";
     if (sd_model_hash(m, hash, &err)) return fail(&err);
     const sd_unet_config *uc = sd_unet_get_config(sd_pipeline_unet(p));
+    if (o->verbose)
+        fprintf(stderr, "sdmoe: model %s (%s), hash %s, threads %d%s\n", m->name,
+                m->kind == SD_MODEL_SINGLE_FILE ? "single-file checkpoint" : "diffusers folder", hash,
+                sd_default_threads(), uc->moe_enabled ? ", SegMoE mixture of experts" : "");
     if (!o->quiet)
         fprintf(stderr, "sdmoe: %dx%d, %d steps, sampler %s%s, cfg %.4g, seed %llu\n", width, height, o->steps,
                 sd_sampler_get(rs.id)->name, rs.karras_in_use ? " (karras)" : "", o->cfg_scale,

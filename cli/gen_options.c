@@ -1,5 +1,7 @@
 #include "cli/gen_options.h"
 
+#include "sampler/sampler.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -51,7 +53,11 @@ void gen_options_usage(const char *cmd, int batch_mode) {
            "      --moe-stats FILE     write per-layer, per-step expert choices as JSON\n"
            "  -q, --quiet              no progress output\n"
            "  -v, --verbose            more detail\n"
-           "  -h, --help               this help\n");
+           "  -h, --help               this help\n\nsamplers (--sampler; append _karras for the Karras schedule):\n");
+    int n;
+    const sd_sampler_info *list = sd_sampler_list(&n);
+    for (int i = 0; i < n; i++)
+        printf("  %-10s %-10s %s\n", list[i].name, list[i].display_name, list[i].summary);
 }
 
 enum {
