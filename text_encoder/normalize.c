@@ -90,6 +90,12 @@ static int mojibake_seq_at(const sd_utext *in, size_t i, uint32_t *cp) {
     sd_utf8_decode((const char *)b, (size_t)len, &one);
     *cp = one.n == 1 ? one.cp[0] : 0xFFFD;
     sd_utext_free(&one);
+    /* A sequence that decodes to an unassigned code point, a control or a
+     * combining mark is more likely real text (e.g. "ß²") than mojibake. */
+    utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)*cp);
+    if (cat == UTF8PROC_CATEGORY_CN || cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_MN ||
+        cat == UTF8PROC_CATEGORY_MC || cat == UTF8PROC_CATEGORY_ME)
+        return 0;
     return len;
 }
 
@@ -106,7 +112,8 @@ static int looks_like_mojibake(const sd_utext *in) {
 
 /* ftfy's replace_lossy_sequences (sloppy codecs only): a UTF-8 sequence
  * whose continuation bytes were lost (byte 1A) becomes one U+FFFD, as does
- * a lone 1A.  Rewrites bytes[0..*n) in place (never grows). */
+ * a lone 1A.  Rewrites bytes[0..*n) in place; the buffer must hold 3 * *n
+ * bytes (each 1A may become EF BF BD).  Out of memory: left unchanged. */
 static void replace_lossy_sequences(unsigned char *bytes, size_t *n) {
     static const unsigned char fffd[3] = {0xEF, 0xBF, 0xBD};
     unsigned char *out = malloc(*n * 3 + 1);
@@ -130,7 +137,6 @@ static void replace_lossy_sequences(unsigned char *bytes, size_t *n) {
             i++;
         }
     }
-    /* The replacement can be longer than the input (1A -> EF BF BD). */
     memcpy(bytes, out, o);
     *n = o;
     free(out);

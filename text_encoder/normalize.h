@@ -16,7 +16,8 @@
  * re-encodes to valid UTF-8, otherwise sequence by sequence.  Where ftfy
  * consults its "badness" heuristic we require instead that the text contains
  * at least one complete UTF-8 multi-byte sequence spelt in Latin-1/cp1252
- * characters (e.g. "Ã©", "â€™").  Not reproduced: repairs through other
+ * characters (e.g. "Ã©", "â€™") that decodes to an assigned, non-control,
+ * non-combining character.  Not reproduced: repairs through other
  * single-byte code pages (cp1251/1250/1253/1254/1257, iso-8859-2, MacRoman,
  * cp437), restore_byte_a0, and CESU-8 ("utf-8-variants") decoding.
  *

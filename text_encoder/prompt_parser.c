@@ -69,23 +69,10 @@ static void multiply_range(piece_list *l, int start, double m) {
 
 /* ------------------------------------------------------------ characters */
 
-/* Code point at s[i] (ill-formed -> U+FFFD, 1 byte); *len its byte count. */
+/* Code point at s[i] (ill-formed -> U+FFFD); *len its byte count. */
 static uint32_t cp_at(const char *s, size_t n, size_t i, size_t *len) {
-    sd_utext one = {0};
-    size_t k = 1;
-    unsigned b = (unsigned char)s[i];
-    if (b >= 0xF0) k = 4;
-    else if (b >= 0xE0) k = 3;
-    else if (b >= 0xC0) k = 2;
-    if (i + k > n) k = 1;
-    uint32_t c = 0xFFFD;
-    uint32_t buf[4];
-    one.cp = buf;
-    one.cap = 4; /* decode into the stack buffer: never reallocates for <= 4 bytes */
-    if (sd_utf8_decode(s + i, k, &one) == 0 && one.n == 1) c = buf[0];
-    else k = 1;
-    *len = k;
-    return c;
+    int bad;
+    return sd_utf8_next(s, n, i, len, &bad);
 }
 
 /* Code point ending just before s[i] (i > 0). */

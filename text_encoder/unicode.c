@@ -68,36 +68,38 @@ static int utf8_second_range(unsigned b, unsigned *lo, unsigned *hi) {
     return 0;
 }
 
-size_t sd_utf8_decode(const char *s, size_t len, sd_utext *out) {
+uint32_t sd_utf8_next(const char *s, size_t len, size_t i, size_t *n, int *bad) {
     const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, bad = 0;
+    unsigned b = p[i];
+    *bad = 0;
+    *n = 1;
+    if (b < 0x80) return b;
+    unsigned lo, hi;
+    int need = utf8_second_range(b, &lo, &hi);
+    /* The maximal subpart: lead byte plus every continuation byte that is
+     * still valid at its position; it is replaced by one U+FFFD. */
+    size_t k = 1;
+    uint32_t c = need == 2 ? (b & 0x1F) : need == 3 ? (b & 0x0F) : (b & 0x07);
+    while (need && (int)k < need && i + k < len) {
+        unsigned x = p[i + k];
+        unsigned l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
+        if (x < l || x > h) break;
+        c = (c << 6) | (x & 0x3F);
+        k++;
+    }
+    *n = k;
+    if (need && (int)k == need) return c;
+    *bad = 1;
+    return 0xFFFD;
+}
+
+size_t sd_utf8_decode(const char *s, size_t len, sd_utext *out) {
+    size_t i = 0, bad = 0, n;
     while (i < len) {
-        unsigned b = p[i];
-        if (b < 0x80) {
-            sd_utext_push(out, b);
-            i++;
-            continue;
-        }
-        unsigned lo, hi;
-        int need = utf8_second_range(b, &lo, &hi);
-        /* The maximal subpart: lead byte plus every continuation byte that is
-         * still valid at its position; it is replaced by one U+FFFD. */
-        size_t k = 1;
-        uint32_t c = need == 2 ? (b & 0x1F) : need == 3 ? (b & 0x0F) : (b & 0x07);
-        while (need && (int)k < need && i + k < len) {
-            unsigned x = p[i + k];
-            unsigned l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-            if (x < l || x > h) break;
-            c = (c << 6) | (x & 0x3F);
-            k++;
-        }
-        if (need && (int)k == need) {
-            sd_utext_push(out, c);
-        } else {
-            sd_utext_push(out, 0xFFFD);
-            bad++;
-        }
-        i += k;
+        int b;
+        sd_utext_push(out, sd_utf8_next(s, len, i, &n, &b));
+        bad += (size_t)b;
+        i += n;
     }
     return bad;
 }

@@ -41,6 +41,9 @@ void sd_utext_swap(sd_utext *a, sd_utext *b);
 /* Decodes s[0..len) and appends to out; returns the number of U+FFFD
  * substitutions made for ill-formed input (0 = valid UTF-8). */
 size_t sd_utf8_decode(const char *s, size_t len, sd_utext *out);
+/* Decodes the character at s[i] (i < len): returns it and its byte count in
+ * *n; an ill-formed subsequence gives U+FFFD, *n = its length, *bad = 1. */
+uint32_t sd_utf8_next(const char *s, size_t len, size_t i, size_t *n, int *bad);
 /* Encodes c (a scalar value) into buf (>= 4 bytes); returns the byte count. */
 int sd_utf8_put(uint32_t c, char *buf);
 /* Encodes cp[0..n) as a NUL-terminated malloc'd UTF-8 string (NULL on OOM);
