@@ -62,26 +62,7 @@ static sd_tokenizer *open_tokenizer(const char *folder) {
     return tok;
 }
 
-/* cases.json has bare -Infinity (Python json); cJSON refuses it. */
-static cJSON *load_cases(const char *rel) {
-    tst_require_fixture(rel);
-    char *path = tst_fixture_path(rel);
-    char *text = NULL;
-    size_t len = 0;
-    sd_error err = {0};
-    cr_assert_eq(sd_read_file(path, 64u << 20, &text, &len, &err), 0, "%s", err.msg);
-    free(path);
-    for (char *p = text; (p = strstr(p, "Infinity")) != NULL;) {
-        char *start = p > text && p[-1] == '-' ? p - 1 : p;
-        memset(start, ' ', (size_t)(p + 8 - start));
-        memcpy(start, "null", 4);
-        p += 8;
-    }
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    cr_assert_not_null(root, "%s: not valid JSON", rel);
-    return root;
-}
+static cJSON *load_cases(const char *rel) { return tst_load_json(rel); }
 
 static const cJSON *cases_of(const cJSON *root, const char *section) {
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, section), "cases");

@@ -25,27 +25,7 @@ static sd_tokenizer *open_fixture_tokenizer(void) {
     return tok;
 }
 
-/* refs/cases.json is Python's json output: it contains bare -Infinity, which
- * cJSON rejects; those values are not used here, so they become null. */
-static cJSON *load_cases(void) {
-    tst_require_fixture("refs/cases.json");
-    char *path = tst_fixture_path("refs/cases.json");
-    char *text = NULL;
-    size_t len = 0;
-    sd_error err = {0};
-    cr_assert_eq(sd_read_file(path, 64u << 20, &text, &len, &err), 0, "%s", err.msg);
-    free(path);
-    for (char *p = text; (p = strstr(p, "Infinity")) != NULL;) {
-        char *start = p > text && p[-1] == '-' ? p - 1 : p;
-        memset(start, ' ', (size_t)(p + 8 - start));
-        memcpy(start, "null", 4);
-        p += 8;
-    }
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    cr_assert_not_null(root, "refs/cases.json: not valid JSON");
-    return root;
-}
+static cJSON *load_cases(void) { return tst_load_json("refs/cases.json"); }
 
 static char *hex_to_bytes(const char *hex, size_t *len) {
     size_t n = strlen(hex) / 2;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/json.h"
 
 static char *join(const char *a, const char *b) {
     size_t n = strlen(a) + strlen(b) + 2;
@@ -139,4 +140,15 @@ char *tst_tmpdir(void) {
     char *d = mkdtemp(tmpl);
     cr_assert_not_null(d, "mkdtemp failed");
     return strdup(d);
+}
+
+cJSON *tst_load_json(const char *rel) {
+    tst_require_fixture(rel);
+    char *path = tst_fixture_path(rel);
+    cJSON *root = NULL;
+    sd_error err = {0};
+    int rc = sd_json_load(path, &root, &err);
+    free(path);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    return root;
 }

@@ -39,6 +39,11 @@ const st_tensor *tst_ref_tensor(const st_file *f, const char *name);
 double tst_check_close(const char *what, const float *got, const float *ref, size_t n,
                        double max_abs, double rel_to_max);
 
+/* Parses a fixture JSON file (Python's NaN/Infinity tokens read as null);
+ * fails the test if it is missing (under CI) or invalid.  cJSON_Delete it. */
+struct cJSON;
+struct cJSON *tst_load_json(const char *rel);
+
 /* Runs a shell command, returns its exit status (or 128+signal). Output
  * goes to the files given (may be NULL = /dev/null). */
 int tst_run(const char *cmd, const char *stdout_path, const char *stderr_path);
