@@ -34,7 +34,9 @@ int cli_main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "info")) return cli_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "merge")) return cli_merge(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "batch")) return cli_batch(argc - 1, argv + 1);
     fprintf(stderr, "sdmoe: unknown command '%s' (expected generate, merge, batch or info)\n", cmd);
     return 2;
 }

@@ -40,10 +40,15 @@ static int engine_get(sd_error *err) {
 /* One prepared primitive for one input geometry. */
 typedef struct conv_entry {
     int64_t n, h, w, x_ld, y_ld;
+    int blk_in, blk_out;               /* layouts (NHWC with x_ld / y_ld, NCHW, 8, 16) */
     int accumulate;
     dnnl_primitive_t prim;
     dnnl_memory_t src, dst, wei, bias; /* src/dst handles are set per call */
     int wei_index;                     /* which reordered weight copy it uses */
+    /* When oneDNN has only its reference kernel for the requested layouts, the
+     * primitive runs on internal layouts and the data is converted around it. */
+    int run_in, run_out;               /* layouts the primitive runs on */
+    float *tmp_in, *tmp_out;           /* converted input / output (owned), or NULL */
 } conv_entry;
 
 /* Weights in one oneDNN format (normally exactly one per conv). */
@@ -70,26 +75,62 @@ struct sd_conv2d {
                            (long long)c->d.kh, (long long)c->d.kw);                            \
     } while (0)
 
+/* sd_preferred_layout: what a 64->64 3x3 convolution on 32x32 asks for with format "any". */
+static int g_pref_layout = -1;
+static pthread_once_t g_pref_once = PTHREAD_ONCE_INIT;
+
+static void pref_layout_init(void) {
+    g_pref_layout = SD_LAYOUT_NHWC;
+    if (engine_get(NULL)) return;
+    dnnl_memory_desc_t src, wei, dst;
+    dnnl_dims_t adims = {1, 64, 32, 32}, wdims = {64, 64, 3, 3}, strides = {1, 1}, pad = {1, 1};
+    dnnl_memory_desc_init_by_tag(&src, 4, adims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&dst, 4, adims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&wei, 4, wdims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_convolution_desc_t cd;
+    dnnl_primitive_desc_t pd;
+    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &src, &wei, NULL,
+                                           &dst, strides, pad, pad) != dnnl_success ||
+        dnnl_primitive_desc_create(&pd, &cd, NULL, g_engine, NULL) != dnnl_success)
+        return;
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_blocking_desc_t *bd = &md->format_desc.blocking;
+    if (md->format_kind == dnnl_blocked && bd->inner_nblks == 1 && bd->inner_idxs[0] == 1 &&
+        (bd->inner_blks[0] == 8 || bd->inner_blks[0] == 16))
+        g_pref_layout = (int)bd->inner_blks[0];
+    dnnl_primitive_desc_destroy(pd);
+}
+
+int sd_preferred_layout(void) {
+    pthread_once(&g_pref_once, pref_layout_init);
+    return g_pref_layout;
+}
+
 void sd_conv2d_out_size(const sd_conv2d *c, int64_t h, int64_t w, int64_t *oh, int64_t *ow) {
     *oh = (h + c->d.pad_t + c->d.pad_b - c->d.kh) / c->d.stride_h + 1;
     *ow = (w + c->d.pad_l + c->d.pad_r - c->d.kw) / c->d.stride_w + 1;
 }
 
-/* Activation descriptor [n, ch, h, w] laid out NHWC with pixel stride ld. */
-static void act_md(dnnl_memory_desc_t *md, int64_t n, int64_t ch, int64_t h, int64_t w, int64_t ld) {
+/* Activation descriptor [n, ch, h, w]: NHWC with pixel stride ld, NCHW, nChw8c or nChw16c. */
+static void act_md(dnnl_memory_desc_t *md, int blk, int64_t n, int64_t ch, int64_t h, int64_t w, int64_t ld) {
     dnnl_dims_t dims = {n, ch, h, w};
-    dnnl_dims_t strides = {h * w * ld, 1, w * ld, ld};
-    dnnl_memory_desc_init_by_strides(md, 4, dims, dnnl_f32, strides);
+    if (blk == SD_LAYOUT_NHWC) {
+        dnnl_dims_t strides = {h * w * ld, 1, w * ld, ld};
+        dnnl_memory_desc_init_by_strides(md, 4, dims, dnnl_f32, strides);
+    } else {
+        dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32,
+                                     blk == SD_LAYOUT_NCHW ? dnnl_nchw : blk == 16 ? dnnl_nChw16c : dnnl_nChw8c);
+    }
 }
 
 /* Builds the primitive descriptor for one geometry; weights format = any. */
-static int conv_pd_create(sd_conv2d *c, dnnl_primitive_desc_t *pd, int64_t n, int64_t h, int64_t w,
-                          int64_t x_ld, int64_t y_ld, int accumulate, sd_error *err) {
+static int conv_pd_create(sd_conv2d *c, dnnl_primitive_desc_t *pd, int blk_in, int blk_out, int64_t n, int64_t h,
+                          int64_t w, int64_t x_ld, int64_t y_ld, int accumulate, sd_error *err) {
     int64_t oh, ow;
     sd_conv2d_out_size(c, h, w, &oh, &ow);
     dnnl_memory_desc_t src_md, dst_md, wei_md, bias_md;
-    act_md(&src_md, n, c->d.c_in, h, w, x_ld);
-    act_md(&dst_md, n, c->d.c_out, oh, ow, y_ld);
+    act_md(&src_md, blk_in, n, c->d.c_in, h, w, x_ld);
+    act_md(&dst_md, blk_out, n, c->d.c_out, oh, ow, y_ld);
     dnnl_dims_t wdims = {c->d.c_out, c->d.c_in, c->d.kh, c->d.kw};
     CHECK(dnnl_memory_desc_init_by_tag(&wei_md, 4, wdims, dnnl_f32, dnnl_format_tag_any), "weights desc");
     dnnl_dims_t bdims = {c->d.c_out};
@@ -145,9 +186,54 @@ static int conv_weights_get(sd_conv2d *c, const dnnl_memory_desc_t *md, int *ind
     return 0;
 }
 
+static int pd_is_reference(dnnl_primitive_desc_t pd) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) return 0;
+    return strncmp(impl, "ref", 3) == 0;
+}
+
+/* Creates the primitive descriptor for e, avoiding oneDNN's reference kernel
+ * (100x slower) by trying other layouts: the requested ones, the preferred
+ * blocked layout on both sides, NCHW in (oneDNN's first-layer path for few
+ * input channels), NHWC on both sides.  Sets e->run_in / e->run_out. */
+static int conv_pd_pick(sd_conv2d *c, conv_entry *e, dnnl_primitive_desc_t *pd, sd_error *err) {
+    int pref = sd_preferred_layout();
+    int dense = e->x_ld == c->d.c_in && e->y_ld == c->d.c_out; /* conversions need unstrided data */
+    int cand[4][2] = {{e->blk_in, e->blk_out}, {pref, pref}, {SD_LAYOUT_NCHW, pref}, {SD_LAYOUT_NHWC, SD_LAYOUT_NHWC}};
+    int n_cand = dense ? 4 : 1;
+    for (int i = 0; i < n_cand; i++) {
+        int in = cand[i][0], out = cand[i][1];
+        int acc = e->accumulate && out == e->blk_out;
+        if (conv_pd_create(c, pd, in, out, e->n, e->h, e->w, in == e->blk_in ? e->x_ld : c->d.c_in,
+                           out == e->blk_out ? e->y_ld : c->d.c_out, acc, err)) {
+            if (i == 0) return -1;
+            continue;
+        }
+        if (i + 1 < n_cand && pd_is_reference(*pd)) {
+            dnnl_primitive_desc_destroy(*pd);
+            continue;
+        }
+        e->run_in = in, e->run_out = out;
+        return 0;
+    }
+    /* every alternative was a reference kernel: run the requested layouts */
+    e->run_in = e->blk_in, e->run_out = e->blk_out;
+    return conv_pd_create(c, pd, e->blk_in, e->blk_out, e->n, e->h, e->w, e->x_ld, e->y_ld, e->accumulate, err);
+}
+
 static int conv_entry_create(sd_conv2d *c, conv_entry *e, sd_error *err) {
     dnnl_primitive_desc_t pd;
-    if (conv_pd_create(c, &pd, e->n, e->h, e->w, e->x_ld, e->y_ld, e->accumulate, err)) return -1;
+    if (conv_pd_pick(c, e, &pd, err)) return -1;
+    int64_t oh, ow;
+    sd_conv2d_out_size(c, e->h, e->w, &oh, &ow);
+    if (e->run_in != e->blk_in)
+        e->tmp_in = malloc((size_t)sd_layout_floats(e->run_in, e->n, c->d.c_in, e->h * e->w) * sizeof(float));
+    if (e->run_out != e->blk_out)
+        e->tmp_out = malloc((size_t)sd_layout_floats(e->run_out, e->n, c->d.c_out, oh * ow) * sizeof(float));
+    if ((e->run_in != e->blk_in && !e->tmp_in) || (e->run_out != e->blk_out && !e->tmp_out)) {
+        dnnl_primitive_desc_destroy(pd);
+        return sd_fail(err, "core/conv2d: out of memory");
+    }
     const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
@@ -182,22 +268,21 @@ int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weig
         }
         memcpy(c->bias, bias, (size_t)d->c_out * sizeof(float));
     }
-    /* copy 0: the PyTorch layout, owned; replaced by the preferred format below */
+    /* copy 0: a view of the caller's PyTorch-layout weights, replaced below by
+     * the preferred format (no intermediate copy: first-touch page faults
+     * dominate loading on VMs) */
     dnnl_dims_t wdims = {d->c_out, d->c_in, d->kh, d->kw};
     dnnl_memory_desc_init_by_tag(&c->wts[0].md, 4, wdims, dnnl_f32, dnnl_oihw);
-    if (dnnl_memory_create(&c->wts[0].mem, &c->wts[0].md, g_engine, DNNL_MEMORY_ALLOCATE) != dnnl_success) {
+    if (dnnl_memory_create(&c->wts[0].mem, &c->wts[0].md, g_engine, (void *)weight) != dnnl_success) {
         sd_conv2d_free(c);
         return sd_fail(err, "core/conv2d: out of memory for weights");
     }
     c->n_wts = 1;
-    void *h0 = NULL;
-    dnnl_memory_get_data_handle(c->wts[0].mem, &h0);
-    memcpy(h0, weight, (size_t)(d->c_out * d->c_in * d->kh * d->kw) * sizeof(float));
     /* Ask for the preferred weights format with a nominal 64x64 input and
      * keep only that copy: the format depends on the ISA and channels. */
     int64_t nh = 64 > d->kh ? 64 : d->kh, nw = 64 > d->kw ? 64 : d->kw;
     dnnl_primitive_desc_t pd;
-    if (conv_pd_create(c, &pd, 1, nh, nw, d->c_in, d->c_out, 0, err)) {
+    if (conv_pd_create(c, &pd, sd_preferred_layout(), sd_preferred_layout(), 1, nh, nw, d->c_in, d->c_out, 0, err)) {
         sd_conv2d_free(c);
         return -1;
     }
@@ -208,10 +293,21 @@ int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weig
         sd_conv2d_free(c);
         return -1;
     }
-    if (idx != 0) { /* drop the oihw copy; the preferred one becomes the source */
-        dnnl_memory_destroy(c->wts[0].mem);
+    dnnl_memory_t view = c->wts[0].mem;
+    if (idx != 0) { /* the preferred copy becomes the only one */
         c->wts[0] = c->wts[idx];
-        c->n_wts = 1;
+    } else if (dnnl_memory_create(&c->wts[0].mem, &c->wts[0].md, g_engine, DNNL_MEMORY_ALLOCATE) == dnnl_success) {
+        void *h0 = NULL; /* oihw is preferred: own a copy */
+        dnnl_memory_get_data_handle(c->wts[0].mem, &h0);
+        memcpy(h0, weight, (size_t)(d->c_out * d->c_in * d->kh * d->kw) * sizeof(float));
+    } else {
+        c->wts[0].mem = NULL;
+    }
+    dnnl_memory_destroy(view);
+    c->n_wts = c->wts[0].mem ? 1 : 0;
+    if (!c->n_wts) {
+        sd_conv2d_free(c);
+        return sd_fail(err, "core/conv2d: out of memory for weights");
     }
     *out = c;
     return 0;
@@ -225,6 +321,8 @@ void sd_conv2d_free(sd_conv2d *c) {
         if (e->src) dnnl_memory_destroy(e->src);
         if (e->dst) dnnl_memory_destroy(e->dst);
         if (e->bias) dnnl_memory_destroy(e->bias);
+        free(e->tmp_in);
+        free(e->tmp_out);
     }
     free(c->entries);
     for (int i = 0; i < c->n_wts; i++)
@@ -233,11 +331,11 @@ void sd_conv2d_free(sd_conv2d *c) {
     free(c);
 }
 
-static int conv_entry_find(sd_conv2d *c, int64_t n, int64_t h, int64_t w, int64_t x_ld,
+static int conv_entry_find(sd_conv2d *c, int blk_in, int blk_out, int64_t n, int64_t h, int64_t w, int64_t x_ld,
                            int64_t y_ld, int accumulate, conv_entry **out, sd_error *err) {
     for (int i = 0; i < c->n_entries; i++) {
         conv_entry *e = &c->entries[i];
-        if (e->n == n && e->h == h && e->w == w && e->x_ld == x_ld && e->y_ld == y_ld &&
+        if (e->blk_in == blk_in && e->blk_out == blk_out && e->n == n && e->h == h && e->w == w && e->x_ld == x_ld && e->y_ld == y_ld &&
             e->accumulate == accumulate) {
             *out = e;
             return 0;
@@ -252,10 +350,12 @@ static int conv_entry_find(sd_conv2d *c, int64_t n, int64_t h, int64_t w, int64_
     }
     conv_entry *e = &c->entries[c->n_entries];
     memset(e, 0, sizeof *e);
-    e->n = n, e->h = h, e->w = w, e->x_ld = x_ld, e->y_ld = y_ld, e->accumulate = accumulate;
+    e->blk_in = blk_in, e->blk_out = blk_out, e->n = n, e->h = h, e->w = w, e->x_ld = x_ld, e->y_ld = y_ld, e->accumulate = accumulate;
     if (conv_entry_create(c, e, err)) {
         if (e->src) dnnl_memory_destroy(e->src);
         if (e->dst) dnnl_memory_destroy(e->dst);
+        free(e->tmp_in);
+        free(e->tmp_out);
         return -1;
     }
     if (c->bias) {
@@ -269,22 +369,47 @@ static int conv_entry_find(sd_conv2d *c, int64_t n, int64_t h, int64_t w, int64_
     return 0;
 }
 
-int sd_conv2d_forward_ex(sd_conv2d *c, const float *x, int64_t x_ld, int64_t n, int64_t h,
-                         int64_t w, float *y, int64_t y_ld, int accumulate, sd_error *err) {
+static int layout_ok(int blk) { return blk == SD_LAYOUT_NHWC || blk == SD_LAYOUT_NCHW || blk == 8 || blk == 16; }
+
+static int conv_run(sd_conv2d *c, int blk_in, int blk_out, const float *x, int64_t x_ld, int64_t n, int64_t h,
+                    int64_t w, float *y, int64_t y_ld, int accumulate, sd_error *err) {
     int64_t oh, ow;
     sd_conv2d_out_size(c, h, w, &oh, &ow);
-    if (n < 1 || oh < 1 || ow < 1 || x_ld < c->d.c_in || y_ld < c->d.c_out)
-        return sd_fail(err, "core/conv2d: bad input geometry n=%lld h=%lld w=%lld x_ld=%lld y_ld=%lld",
-                       (long long)n, (long long)h, (long long)w, (long long)x_ld, (long long)y_ld);
+    if (n < 1 || oh < 1 || ow < 1 || x_ld < c->d.c_in || y_ld < c->d.c_out || !layout_ok(blk_in) ||
+        !layout_ok(blk_out))
+        return sd_fail(err, "core/conv2d: bad input geometry n=%lld h=%lld w=%lld x_ld=%lld y_ld=%lld layouts %d/%d",
+                       (long long)n, (long long)h, (long long)w, (long long)x_ld, (long long)y_ld, blk_in, blk_out);
     conv_entry *e;
-    if (conv_entry_find(c, n, h, w, x_ld, y_ld, accumulate ? 1 : 0, &e, err)) return -1;
-    dnnl_memory_set_data_handle(e->src, (void *)x);
-    dnnl_memory_set_data_handle(e->dst, y);
+    if (conv_entry_find(c, blk_in, blk_out, n, h, w, x_ld, y_ld, accumulate ? 1 : 0, &e, err)) return -1;
+    const float *src = x;
+    float *dst = e->tmp_out ? e->tmp_out : y;
+    if (e->tmp_in) {
+        sd_layout_convert(x, e->blk_in, e->tmp_in, e->run_in, n, c->d.c_in, h * w, 0);
+        src = e->tmp_in;
+    }
+    dnnl_memory_set_data_handle(e->src, (void *)src);
+    dnnl_memory_set_data_handle(e->dst, dst);
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei},
                                {DNNL_ARG_DST, e->dst}, {DNNL_ARG_BIAS, e->bias}};
     CHECK(dnnl_primitive_execute(e->prim, g_stream, c->bias ? 4 : 3, args), "convolution execute");
     CHECK(dnnl_stream_wait(g_stream), "stream wait");
+    if (e->tmp_out) sd_layout_convert(e->tmp_out, e->run_out, y, e->blk_out, n, c->d.c_out, oh * ow, accumulate);
     return 0;
+}
+
+int sd_conv2d_forward_ex(sd_conv2d *c, const float *x, int64_t x_ld, int64_t n, int64_t h,
+                         int64_t w, float *y, int64_t y_ld, int accumulate, sd_error *err) {
+    return conv_run(c, SD_LAYOUT_NHWC, SD_LAYOUT_NHWC, x, x_ld, n, h, w, y, y_ld, accumulate, err);
+}
+
+int sd_conv2d_forward_blk(sd_conv2d *c, const float *x, int blk, int64_t n, int64_t h, int64_t w,
+                          float *y, int accumulate, sd_error *err) {
+    return conv_run(c, blk, blk, x, c->d.c_in, n, h, w, y, c->d.c_out, accumulate, err);
+}
+
+int sd_conv2d_forward_layout(sd_conv2d *c, const float *x, int blk_in, int64_t n, int64_t h, int64_t w,
+                             float *y, int blk_out, int accumulate, sd_error *err) {
+    return conv_run(c, blk_in, blk_out, x, c->d.c_in, n, h, w, y, c->d.c_out, accumulate, err);
 }
 
 int sd_conv2d_forward(sd_conv2d *c, const float *x, int64_t n, int64_t h, int64_t w, float *y,

@@ -41,16 +41,18 @@ int sd_atomic_open(sd_atomic_file *af, const char *path, sd_error *err) {
     size_t n = strlen(path) + 32;
     af->tmp_path = malloc(n);
     if (!af->path || !af->tmp_path) {
-        sd_atomic_abort(af);
+        free(af->path);
+        free(af->tmp_path);
+        memset(af, 0, sizeof *af);
         return sd_fail(err, "%s: out of memory", path);
     }
     snprintf(af->tmp_path, n, "%s.tmp-%ld", path, (long)getpid());
     af->fp = fopen(af->tmp_path, "wb");
     if (!af->fp) {
         int e = errno;
+        free(af->path);
         free(af->tmp_path);
-        af->tmp_path = NULL;
-        sd_atomic_abort(af);
+        memset(af, 0, sizeof *af);
         return sd_fail(err, "%s: cannot write: %s", path, strerror(e));
     }
     return 0;
@@ -89,6 +91,9 @@ void sd_atomic_abort(sd_atomic_file *af) {
 
 int sd_read_file(const char *path, size_t max_bytes, char **out, size_t *len, sd_error *err) {
     *out = NULL;
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode))
+        return sd_fail(err, "%s: not a regular file", path); /* a FIFO would block fopen */
     FILE *fp = fopen(path, "rb");
     if (!fp) return sd_fail(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st = {0};

@@ -1,11 +1,21 @@
 /* core/gemm — thread control and the single place that routes GEMMs to
  * OpenBLAS or oneDNN (declared in core/kernels.h).
  *
- * Routing (measured on this machine, see the bench notes in sd_gemm): outside an
- * OpenMP region, OpenBLAS cblas_sgemm threaded by its own pool; inside a
- * parallel region (attention tiles) oneDNN's dnnl_sgemm, which runs on the
- * calling thread only when omp_in_parallel() — OpenBLAS's pthread pool must
- * never be entered from several OpenMP threads at once. */
+ * Routing, measured on the 2-core Zen 3 (AVX2, no AVX-512) build machine,
+ * single thread, SD 1.5 shapes (rows x out x in):
+ *     8192x320x320  OpenBLAS 68.0  dnnl_sgemm 68.2 GFLOP/s
+ *     8192x2560x320          72.5             69.9
+ *     8192x320x1280          62.4             67.0
+ *     2048x5120x640          73.4             74.4
+ *     512x1280x1280          74.1             72.8
+ *     154x320x768            65.8             70.2
+ * i.e. equal within noise, while mixing the two thread pools (OpenBLAS's
+ * pthreads and OpenMP, on which oneDNN runs) makes idle workers of one spin on
+ * the cores the other needs.  So every GEMM goes to dnnl_sgemm: one pool.
+ * Inside an OpenMP parallel region (attention tiles) dnnl_sgemm runs on the
+ * calling thread.  OpenBLAS stays selectable here (sd_gemm_use_openblas) for
+ * machines where it wins; it must then never be entered from several OpenMP
+ * threads at once. */
 #include <cblas.h>
 #include <ctype.h>
 #include <omp.h>
@@ -70,11 +80,17 @@ int sd_get_threads(void) {
     return g_threads;
 }
 
+/* 1 to send this shape to OpenBLAS (see the measurements above). */
+static int sd_gemm_use_openblas(int64_t M, int64_t N, int64_t K) {
+    (void)M, (void)N, (void)K;
+    return 0;
+}
+
 void sd_gemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
              const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
              float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
-    if (omp_in_parallel()) {
+    if (omp_in_parallel() || !sd_gemm_use_openblas(M, N, K)) {
         dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb,
                    beta, C, ldc);
         return;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 #include <stb/stb_image.h>
@@ -380,6 +381,9 @@ static int png_read_stream(FILE *fp, png_read_job *job) {
 int sd_png_read(const char *path, sd_image *img, sd_png_info *info, sd_error *err) {
     memset(info, 0, sizeof *info);
     if (img) memset(img, 0, sizeof *img);
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode))
+        return sd_fail(err, "%s: not a regular file", path); /* a FIFO would block fopen */
     FILE *fp = fopen(path, "rb");
     if (!fp) return sd_fail(err, "%s: cannot open: %s", path, strerror(errno));
     unsigned char sig[8];
@@ -437,6 +441,9 @@ static const char *sniff_format(const unsigned char *m, size_t n) {
 
 int sd_image_load(const char *path, sd_image *out, sd_error *err) {
     memset(out, 0, sizeof *out);
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode))
+        return sd_fail(err, "%s: not a regular file", path); /* a FIFO would block fopen */
     FILE *fp = fopen(path, "rb");
     if (!fp) return sd_fail(err, "%s: cannot open: %s", path, strerror(errno));
     unsigned char magic[8];

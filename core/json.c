@@ -9,33 +9,42 @@
 
 /* Python's json module writes the non-standard tokens NaN, Infinity and
  * -Infinity (diffusers saves "lambda_min_clipped": -Infinity).  cJSON refuses
- * them, so outside strings they are blanked to null (padded with spaces, so
- * byte offsets in error messages stay right); readers then see the key as
- * absent and apply the default. */
-static void blank_python_nonfinite(char *t, size_t len) {
+ * them, so outside strings Infinity/-Infinity become null in a copy of the
+ * text (readers see the key as absent and apply the default) and NaN becomes
+ * the string "NaN" (a typed read then refuses it: NaN is never a valid setting).  Returns a malloc'd
+ * NUL-terminated copy (NULL when out of memory). */
+static char *blank_python_nonfinite(const char *t, size_t len, size_t *out_len) {
     static const char *const toks[] = {"-Infinity", "Infinity", "NaN"};
+    char *o = malloc(len + 2 * (len / 3) + 8); /* "NaN" -> "\"NaN\"" grows by 2 per 3 bytes */
+    if (!o) return NULL;
+    size_t k = 0;
     int in_str = 0;
     for (size_t i = 0; i < len; i++) {
         char c = t[i];
         if (in_str) {
-            if (c == '\\') i++;
+            o[k++] = c;
+            if (c == '\\' && i + 1 < len) o[k++] = t[++i];
             else if (c == '"') in_str = 0;
             continue;
         }
-        if (c == '"') {
-            in_str = 1;
-            continue;
+        if (c == '"') in_str = 1;
+        size_t matched = 0;
+        for (size_t m = 0; m < 3 && !matched; m++) {
+            size_t n = strlen(toks[m]);
+            if (i + n <= len && !memcmp(t + i, toks[m], n)) matched = n;
         }
-        for (size_t k = 0; k < 3; k++) {
-            size_t n = strlen(toks[k]);
-            if (i + n <= len && !memcmp(t + i, toks[k], n)) {
-                memcpy(t + i, "null", 4);
-                memset(t + i + 4, ' ', n - 4);
-                i += n - 1;
-                break;
-            }
+        if (matched) {
+            const char *rep = matched == 3 ? "\"NaN\"" : "null";
+            memcpy(o + k, rep, strlen(rep));
+            k += strlen(rep);
+            i += matched - 1;
+        } else {
+            o[k++] = c;
         }
     }
+    o[k] = 0;
+    *out_len = k;
+    return o;
 }
 
 int sd_json_load(const char *path, cJSON **out, sd_error *err) {
@@ -43,7 +52,12 @@ int sd_json_load(const char *path, cJSON **out, sd_error *err) {
     char *text;
     size_t len;
     if (sd_read_file(path, 64u << 20, &text, &len, err)) return -1;
-    blank_python_nonfinite(text, len);
+    size_t clean_len;
+    char *clean = blank_python_nonfinite(text, len, &clean_len);
+    free(text);
+    if (!clean) return sd_fail(err, "%s: out of memory", path);
+    text = clean;
+    len = clean_len;
     const char *endp = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &endp, 0);
     if (!root) {

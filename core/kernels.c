@@ -15,37 +15,52 @@
 
 /* ------------------------------------------------------------- elementwise */
 
-void sd_silu(const float *x, float *y, int64_t n) {
-    #pragma omp parallel for schedule(static) if (n > SD_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = sd_silu1(x[i]);
-}
+/* y[i] = f(x[i]) 8 lanes at a time; the tail goes through a zero-padded vector. */
+#define SD_MAP_V8(x, y, n, f)                                                        \
+    do {                                                                             \
+        int64_t nv_ = (n) / 8;                                                       \
+        _Pragma("omp parallel for schedule(static) if ((n) > SD_PAR_MIN)")           \
+        for (int64_t i_ = 0; i_ < nv_; i_++)                                         \
+            sd_v8_store((y) + 8 * i_, f(sd_v8_load((x) + 8 * i_)));                  \
+        if (8 * nv_ < (n))                                                           \
+            sd_v8_store_part((y) + 8 * nv_, f(sd_v8_load_part((x) + 8 * nv_, (n) - 8 * nv_)), \
+                             (n) - 8 * nv_);                                         \
+    } while (0)
 
-void sd_gelu_erf(const float *x, float *y, int64_t n) {
-    #pragma omp parallel for schedule(static) if (n > SD_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = sd_gelu1(x[i]);
-}
+static inline sd_v8f v8_quick_gelu(sd_v8f x) { return x * sd_v8_sigmoid(sd_v8_set(1.702f) * x); }
 
-void sd_quick_gelu(const float *x, float *y, int64_t n) {
-    #pragma omp parallel for schedule(static) if (n > SD_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] * sd_sigmoid1(1.702f * x[i]);
+void sd_silu(const float *x, float *y, int64_t n) { SD_MAP_V8(x, y, n, sd_v8_silu); }
+
+void sd_gelu_erf(const float *x, float *y, int64_t n) { SD_MAP_V8(x, y, n, sd_v8_gelu); }
+
+void sd_quick_gelu(const float *x, float *y, int64_t n) { SD_MAP_V8(x, y, n, v8_quick_gelu); }
+
+/* One GEGLU row: o[j] = h[j] * gelu(g[j]). */
+static void geglu_row(const float *h, const float *g, float *o, int64_t inner) {
+    int64_t j = 0;
+    for (; j + 8 <= inner; j += 8) sd_v8_store(o + j, sd_v8_load(h + j) * sd_v8_gelu(sd_v8_load(g + j)));
+    if (j < inner)
+        sd_v8_store_part(o + j, sd_v8_load_part(h + j, inner - j) * sd_v8_gelu(sd_v8_load_part(g + j, inner - j)),
+                         inner - j);
 }
 
 void sd_geglu(const float *hg, int64_t rows, int64_t inner, float *y) {
     if (y == hg) {
-        /* in place: row r's output starts at or before its input, rows in order */
-        for (int64_t r = 0; r < rows; r++) {
-            const float *h = hg + r * 2 * inner, *g = h + inner;
-            float *o = y + r * inner;
-            for (int64_t j = 0; j < inner; j++) o[j] = h[j] * sd_gelu1(g[j]);
+        /* In place: row i is written at i*inner, its input starts at 2*i*inner.
+         * Rows [r, r+k) may run in parallel when all their outputs end before
+         * the first of their inputs: (r+k)*inner <= 2*r*inner, i.e. k <= r. */
+        int64_t r = 0;
+        while (r < rows) {
+            int64_t k = r < 1 ? 1 : (r < rows - r ? r : rows - r);
+            #pragma omp parallel for schedule(static) if (k * inner > SD_PAR_MIN)
+            for (int64_t i = r; i < r + k; i++)
+                geglu_row(hg + i * 2 * inner, hg + i * 2 * inner + inner, y + i * inner, inner);
+            r += k;
         }
         return;
     }
     #pragma omp parallel for schedule(static) if (rows * inner > SD_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *h = hg + r * 2 * inner, *g = h + inner;
-        float *o = y + r * inner;
-        for (int64_t j = 0; j < inner; j++) o[j] = h[j] * sd_gelu1(g[j]);
-    }
+    for (int64_t r = 0; r < rows; r++) geglu_row(hg + r * 2 * inner, hg + r * 2 * inner + inner, y + r * inner, inner);
 }
 
 void sd_add(const float *a, const float *b, float *y, int64_t n) {
@@ -78,82 +93,27 @@ void sd_add_bias_per_item(float *x, int64_t n, int64_t hw, int64_t c, const floa
 
 /* ----------------------------------------------------------- normalisation */
 
-/* Fixed number of pixel chunks per image for the GroupNorm reductions, so the
- * summation order does not depend on the thread count. */
-#define GN_CHUNKS 64
-
-/* Per-channel partial sums of x (pass 0) or of (x - mean[group])^2 (pass 1)
- * over one chunk of pixels. */
-static void gn_chunk_sums(const float *x, int64_t p0, int64_t p1, int64_t c, const float *chan_mean,
-                          double *out) {
-    float acc[c];
-    memset(acc, 0, sizeof acc);
-    for (int64_t p = p0; p < p1; p++) {
-        const float *xr = x + p * c;
-        if (chan_mean) {
-            for (int64_t j = 0; j < c; j++) {
-                float d = xr[j] - chan_mean[j];
-                acc[j] += d * d;
-            }
-        } else {
-            for (int64_t j = 0; j < c; j++) acc[j] += xr[j];
-        }
-    }
-    for (int64_t j = 0; j < c; j++) out[j] = acc[j];
+/* Sum of x[0..d), 8 lane accumulators (fixed order). */
+static float sum_v8(const float *x, int64_t d) {
+    sd_v8f acc = sd_v8_set(0.0f);
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8) acc += sd_v8_load(x + j);
+    float s = sd_v8_hsum(acc);
+    for (; j < d; j++) s += x[j];
+    return s;
 }
 
-void sd_group_norm(const float *x, int64_t n, int64_t hw, int64_t c, int groups, float eps,
-                   const float *gamma, const float *beta, float *y, int fuse_silu) {
-    int64_t cg = c / groups;
-    int64_t chunks = hw < GN_CHUNKS ? (hw > 0 ? hw : 1) : GN_CHUNKS;
-    double *part = malloc((size_t)(n * chunks * c) * sizeof(double));
-    float *chan_mean = malloc((size_t)(n * c) * sizeof(float));
-    float *scale = malloc((size_t)(n * c) * sizeof(float));
-    float *shift = malloc((size_t)(n * c) * sizeof(float));
-    double *gmean = malloc((size_t)(n * groups) * sizeof(double));
-    for (int pass = 0; pass < 2; pass++) {
-        #pragma omp parallel for collapse(2) schedule(static)
-        for (int64_t b = 0; b < n; b++)
-            for (int64_t k = 0; k < chunks; k++) {
-                int64_t p0 = hw * k / chunks, p1 = hw * (k + 1) / chunks;
-                gn_chunk_sums(x + b * hw * c, p0, p1, c, pass ? chan_mean + b * c : NULL,
-                              part + (b * chunks + k) * c);
-            }
-        for (int64_t b = 0; b < n; b++)
-            for (int g = 0; g < groups; g++) {
-                double s = 0;
-                for (int64_t k = 0; k < chunks; k++)
-                    for (int64_t j = g * cg; j < (g + 1) * cg; j++) s += part[(b * chunks + k) * c + j];
-                s /= (double)(hw * cg);
-                if (pass == 0) {
-                    gmean[b * groups + g] = s;
-                    for (int64_t j = g * cg; j < (g + 1) * cg; j++) chan_mean[b * c + j] = (float)s;
-                } else {
-                    float rstd = (float)(1.0 / sqrt(s + (double)eps));
-                    for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
-                        float ga = gamma ? gamma[j] : 1.0f, be = beta ? beta[j] : 0.0f;
-                        scale[b * c + j] = ga * rstd;
-                        shift[b * c + j] = be - (float)gmean[b * groups + g] * ga * rstd;
-                    }
-                }
-            }
+/* Sum of (x[j] - m)^2 over [0, d). */
+static float sumsq_dev_v8(const float *x, int64_t d, float m) {
+    sd_v8f acc = sd_v8_set(0.0f), mv = sd_v8_set(m);
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+        sd_v8f t = sd_v8_load(x + j) - mv;
+        acc += t * t;
     }
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t p = 0; p < hw; p++) {
-            const float *xr = x + (b * hw + p) * c;
-            float *yr = y + (b * hw + p) * c;
-            const float *sc = scale + b * c, *sh = shift + b * c;
-            if (fuse_silu)
-                for (int64_t j = 0; j < c; j++) yr[j] = sd_silu1(xr[j] * sc[j] + sh[j]);
-            else
-                for (int64_t j = 0; j < c; j++) yr[j] = xr[j] * sc[j] + sh[j];
-        }
-    free(part);
-    free(chan_mean);
-    free(scale);
-    free(shift);
-    free(gmean);
+    float s = sd_v8_hsum(acc);
+    for (; j < d; j++) s += (x[j] - m) * (x[j] - m);
+    return s;
 }
 
 void sd_layer_norm(const float *x, int64_t rows, int64_t d, const float *gamma,
@@ -162,18 +122,13 @@ void sd_layer_norm(const float *x, int64_t rows, int64_t d, const float *gamma,
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
-        float s = 0;
-        for (int64_t j = 0; j < d; j++) s += xr[j];
-        float mean = s / (float)d, v = 0;
-        for (int64_t j = 0; j < d; j++) {
-            float t = xr[j] - mean;
-            v += t * t;
-        }
-        float rstd = 1.0f / sqrtf(v / (float)d + eps);
-        for (int64_t j = 0; j < d; j++) {
-            float t = (xr[j] - mean) * rstd;
-            yr[j] = t * (gamma ? gamma[j] : 1.0f) + (beta ? beta[j] : 0.0f);
-        }
+        float mean = sum_v8(xr, d) / (float)d;
+        float rstd = 1.0f / sqrtf(sumsq_dev_v8(xr, d, mean) / (float)d + eps);
+        if (gamma && beta)
+            for (int64_t j = 0; j < d; j++) yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
+        else
+            for (int64_t j = 0; j < d; j++)
+                yr[j] = (xr[j] - mean) * rstd * (gamma ? gamma[j] : 1.0f) + (beta ? beta[j] : 0.0f);
     }
 }
 

@@ -6,6 +6,8 @@
  * create_vae_diffusers_config / create_scheduler_from_ldm. */
 #include "core/model_arch.h"
 
+#include <stdint.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -202,8 +204,9 @@ int sd_clip_arch_from_config(const cJSON *cfg, const char *file, sd_clip_arch *a
 
 void sd_unet_arch_layout(const sd_unet_arch *a, ldm_unet_layout *lay) {
     memset(lay, 0, sizeof *lay);
-    lay->n_levels = a->n_levels;
-    for (int i = 0; i < a->n_levels; i++) {
+    int n = a->n_levels < ARCH_MAX ? a->n_levels : ARCH_MAX;
+    lay->n_levels = n;
+    for (int i = 0; i < n; i++) {
         lay->layers[i] = a->layers[i];
         lay->up_attn[i] = (unsigned char)(a->up_attn[i] != 0);
     }
@@ -347,11 +350,17 @@ static int yaml_unet_levels(const cJSON *u, const char *where, sd_unet_arch *a, 
         a->n_levels = n;
         for (int i = 0; i < n; i++) {
             if (positive(where, "channel_mult", mult[i], err)) return -1;
+            if ((int64_t)mc * mult[i] > 65536)
+                return sd_fail(err, "%s: key 'channel_mult': %d x %d channels is more than 65536", where, mc, mult[i]);
             a->channels[i] = mc * mult[i];
         }
     } else { /* keep SD 1.5's multipliers (1, 2, 4, 4) on the given width */
         int c0 = a->channels[0];
-        for (int i = 0; i < a->n_levels; i++) a->channels[i] = a->channels[i] / c0 * mc;
+        for (int i = 0; i < a->n_levels; i++) {
+            if ((int64_t)(a->channels[i] / c0) * mc > 65536)
+                return sd_fail(err, "%s: key 'model_channels': %d gives more than 65536 channels", where, mc);
+            a->channels[i] = a->channels[i] / c0 * mc;
+        }
     }
     n = a->n_levels;
     if (read_per_level(u, where, "num_res_blocks", n, a->layers, err) ||
@@ -419,11 +428,17 @@ static int yaml_vae(const cJSON *y, const char *file, sd_vae_arch *a, sd_error *
         a->n_levels = n;
         for (int i = 0; i < n; i++) {
             if (positive(where, "ch_mult", mult[i], err)) return -1;
+            if ((int64_t)ch * mult[i] > 65536)
+                return sd_fail(err, "%s: key 'ch_mult': %d x %d channels is more than 65536", where, ch, mult[i]);
             a->channels[i] = ch * mult[i];
         }
     } else {
         int c0 = a->channels[0];
-        for (int i = 0; i < a->n_levels; i++) a->channels[i] = a->channels[i] / c0 * ch;
+        for (int i = 0; i < a->n_levels; i++) {
+            if ((int64_t)(a->channels[i] / c0) * ch > 65536)
+                return sd_fail(err, "%s: key 'ch': %d gives more than 65536 channels", where, ch);
+            a->channels[i] = a->channels[i] / c0 * ch;
+        }
     }
     return positive(where, "num_res_blocks", a->layers, err) || positive(where, "z_channels", a->latent_channels, err);
 }

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <utf8proc.h>
 
 #include "core/fileio.h"
 #include "core/half.h"
@@ -57,6 +58,7 @@ static int json_u53(const cJSON *v, uint64_t *out) {
 static int parse_metadata(st_file *f, const cJSON *meta, sd_error *err) {
     if (!cJSON_IsObject(meta))
         return sd_fail(err, "%s: __metadata__: expected a JSON object", f->path);
+    if (f->meta_keys) return sd_fail(err, "%s: __metadata__ appears twice in the header", f->path);
     int n = cJSON_GetArraySize(meta);
     f->meta_keys = calloc((size_t)n + 1, sizeof(char *));
     f->meta_values = calloc((size_t)n + 1, sizeof(char *));
@@ -73,10 +75,25 @@ static int parse_metadata(st_file *f, const cJSON *meta, sd_error *err) {
     return 0;
 }
 
+/* 1 if s is well-formed UTF-8 (the reference reader refuses anything else). */
+static int valid_utf8(const char *s) {
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    utf8proc_ssize_t n = (utf8proc_ssize_t)strlen(s);
+    while (n > 0) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate(p, n, &cp);
+        if (k <= 0) return 0;
+        p += k;
+        n -= k;
+    }
+    return 1;
+}
+
 /* Validates one header entry and fills t (data pointer set by the caller). */
 static int parse_entry(const st_file *f, const cJSON *e, uint64_t data_len, st_tensor *t,
                        uint64_t *begin, uint64_t *end, sd_error *err) {
     const char *name = e->string;
+    if (!valid_utf8(name)) return sd_fail(err, "%s: a tensor name is not valid UTF-8", f->path);
     if (!cJSON_IsObject(e)) return sd_fail(err, "%s: tensor '%s': expected a JSON object", f->path, name);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
@@ -159,12 +176,22 @@ static int parse_header(st_file *f, const char *hdr, size_t hlen, uint64_t data_
     }
     if (!rc) {
         qsort(spans, (size_t)f->n_tensors, sizeof(span), cmp_span);
-        for (int i = 1; i < f->n_tensors; i++)
-            if (spans[i].begin < spans[i - 1].end && spans[i].end > spans[i].begin) {
+        /* sorted by begin: a tensor overlaps an earlier one iff it starts
+         * before the furthest end so far (empty tensors occupy nothing) */
+        uint64_t max_end = 0;
+        int max_idx = -1;
+        for (int i = 0; i < f->n_tensors; i++) {
+            if (spans[i].end == spans[i].begin) continue;
+            if (max_idx >= 0 && spans[i].begin < max_end) {
                 rc = sd_fail(err, "%s: tensors '%s' and '%s' overlap in the data section", f->path,
-                             f->tensors[spans[i - 1].idx].name, f->tensors[spans[i].idx].name);
+                             f->tensors[max_idx].name, f->tensors[spans[i].idx].name);
                 break;
             }
+            if (spans[i].end > max_end) {
+                max_end = spans[i].end;
+                max_idx = spans[i].idx;
+            }
+        }
     }
     free(spans);
     if (!rc) {
@@ -184,6 +211,11 @@ int st_open(st_file *f, const char *path, sd_error *err) {
     memset(f, 0, sizeof *f);
     f->path = dup_str(path);
     if (!f->path) return sd_fail(err, "%s: out of memory", path);
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode)) {
+        st_close(f);
+        return sd_fail(err, "%s: not a regular file", path); /* a FIFO would block open */
+    }
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
         int e = errno;

@@ -4,6 +4,7 @@
 #   scripts/fuzz.sh TARGET SECONDS    build and run one target, e.g. `safetensors`
 #   scripts/fuzz.sh all SECONDS       each target in turn, SECONDS each
 #   scripts/fuzz.sh list              the targets
+#   scripts/fuzz.sh triage TARGET     replay its crash artifacts, one line per distinct bug
 #
 # Build: build-fuzz/ (clang, -DSDMOE_FUZZ=ON -DSDMOE_SANITIZE=ON: libFuzzer +
 # ASan + UBSan).  Seeds are copied at run time from the fixtures
@@ -97,6 +98,23 @@ seed_target() { # target dest -> prints "max_len dict"
   fuzz_image)
     copy_seeds "$dest" 65536 "$FX"/**/*.png "$h"/images/* >/dev/null
     echo "65536 image.dict" ;;
+  fuzz_tokenizer_files)
+    python3 - "$FX/tiny-sd15/tokenizer/special_tokens_map.json" "$dest" <<'EOF' || true
+import json, os, sys
+vocab = {"<|startoftext|>": 49406, "<|endoftext|>": 49407, "a": 64, "c": 66, "t": 83, "a</w>": 320,
+         "t</w>": 339, "ca": 1345, "cat</w>": 2368, ",</w>": 267, "!": 0}
+merges = "#version: 0.2\nc a\nca t</w>\na t</w>\n"
+try:
+    smap = open(sys.argv[1], "rb").read()
+except OSError:
+    smap = b'{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}'
+seeds = [json.dumps(vocab).encode() + b"\0" + merges.encode(),
+         json.dumps(vocab).encode() + b"\0" + merges.encode() + b"\0" + smap,
+         json.dumps(vocab).encode()]
+for i, s in enumerate(seeds):
+    open(os.path.join(sys.argv[2], "seed-tok-%d" % i), "wb").write(s)
+EOF
+    echo "65536 json.dict" ;;
   fuzz_utf8 | fuzz_tokenizer | fuzz_prompt)
     python3 - "$FX/refs/cases.json" "$dest" <<'EOF' || true
 import json, os, sys, hashlib
@@ -122,10 +140,17 @@ out += [b"(masterpiece:1.2), [blurry|sharp], ((cat)), \\(literal\\) BREAK [dog:c
 for b in out:
     open(os.path.join(sys.argv[2], "seed-" + hashlib.sha1(b).hexdigest()[:16]), "wb").write(b)
 EOF
-    copy_seeds "$dest" 4096 "$h"/jobs/*.jsonl >/dev/null
-    echo "4096 -" ;;
+    copy_seeds "$dest" 16384 "$h"/jobs/*.jsonl >/dev/null
+    echo "16384 -" ;;
   fuzz_jobs)
     copy_seeds "$dest" 65536 "$h"/jobs/*.jsonl >/dev/null
+    printf '%s\n' '{"prompt": "a cat", "negative_prompt": "blurry", "seed": 42, "steps": 20, "cfg_scale": 7.5}' \
+      '{"prompt": "a dog", "width": 512, "height": 768, "sampler": "euler_a", "scheduler": "karras", "count": 2}' \
+      '{"prompt": "x", "name": "my image", "clip_skip": 2, "_note": "ignored", "negative_prompt": null}' \
+      >"$dest/seed-jobs-jsonl"
+    printf 'a photo of a cat\n\n  an oil painting of a dog  \n(masterpiece:1.2), castle\n' >"$dest/seed-jobs-text"
+    printf '%s\n' '{"file": "0001-00.png", "sha256": "'"$(printf 'a%.0s' $(seq 64))"'", "params_sha256": "'"$(printf 'b%.0s' $(seq 64))"'", "seconds": 1.5}' \
+      >"$dest/seed-manifest"
     echo "65536 json.dict" ;;
   *)
     echo "4096 -" ;;
@@ -154,26 +179,56 @@ run_one() { # target seconds -> 0 ok, 1 crash/failure
   UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
   OMP_NUM_THREADS=1 \
     "$BUILD/$t" "${args[@]}" ${FUZZ_FLAGS:-} "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
+  # private folders of crashed fuzz_tokenizer_files / fuzz_jobs processes
+  rm -rf /dev/shm/sdmoe-fuzz-tok-* /tmp/sdmoe-fuzz-tok-* /dev/shm/sdmoe-fuzz-jobs-* /tmp/sdmoe-fuzz-jobs-* \
+    2>/dev/null || true
   local found
   found=$(find "$art" -type f -newer "$BUILD/logs/$t.start" | wc -l)
   if [ "$rc" -ne 0 ] || [ "$found" -gt 0 ]; then
     echo "fuzz.sh: $t: FAILED (exit $rc); log $log" >&2
     grep -E "^(==[0-9]+==ERROR|SUMMARY|.*runtime error|.*fuzz invariant failed|artifact_prefix|Test unit written)" \
-      "$log" | head -8 >&2
-    local a
+      "$log" | head -8 >&2 || true
+    local a n=0
     for a in $(find "$art" -type f -newer "$BUILD/logs/$t.start"); do
-      echo "fuzz.sh: $t: reproduce: $BUILD/$t $a" >&2
+      n=$((n + 1))
+      [ "$n" -le 3 ] && echo "fuzz.sh: $t: reproduce: $BUILD/$t $a" >&2
     done
+    [ "$n" -gt 3 ] && echo "fuzz.sh: $t: $n inputs in $art; distinct bugs: scripts/fuzz.sh triage ${t#fuzz_}" >&2
     return 1
   fi
-  grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+.*DONE)" "$log" | tr '\n' ' ' >&2
+  { grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+.*DONE)" "$log" || tail -1 "$log"; } |
+    tr '\n' ' ' >&2 || true
   echo >&2
   echo "fuzz.sh: $t: ok" >&2
+}
+
+# Replays every artifact of a target and groups them by the first stack
+# frame inside the sdmoe sources (or the sanitizer summary).
+triage() {
+  local t="$1" a out key
+  declare -A seen=()
+  for a in "$BUILD/artifacts/$t"/*; do
+    [ -f "$a" ] || continue
+    out=$(ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SDMOE_FIXTURES="$FX" \
+      timeout 60 "$BUILD/$t" "$a" 2>&1 || true)
+    key=$(echo "$out" | grep -m1 -E "(fuzz invariant failed|runtime error:)" | sed -E 's/^.*\/work\/main\///' || true)
+    [ -n "$key" ] || key=$(echo "$out" | grep -E "^ +#[0-9]+ .* in .* $ROOT/(core|text_encoder|unet|vae|sampler|moe_merge|cli)/" |
+      head -1 | sed -E "s|^.* in ([^ ]+) $ROOT/|\1 |")
+    [ -n "$key" ] || key=$(echo "$out" | grep -m1 -E "^SUMMARY|ERROR: libFuzzer" || echo "no longer reproduces")
+    key="$(echo "$out" | grep -m1 -oE "ERROR: (AddressSanitizer|LeakSanitizer): [a-z-]+" | sed 's/ERROR: //' ||
+      true) $key"
+    if [ -z "${seen[$key]:-}" ]; then
+      seen[$key]=1
+      echo "$key"
+      echo "    e.g. $BUILD/$t $a"
+    fi
+  done
 }
 
 [ $# -ge 1 ] || usage
 case "$1" in
 list) targets; exit 0 ;;
+triage) [ $# -eq 2 ] || usage; triage "$(normalise "$2")"; exit 0 ;;
 -h | --help) usage ;;
 esac
 [ $# -eq 2 ] || usage

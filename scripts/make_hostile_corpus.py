@@ -302,7 +302,7 @@ def gen_models(c):
          "generate", "config.json", None, None, "block_out_channels 2^31-16 (huge allocations if trusted)"),
         ("unet_config_zero_levels", {"unet/config.json": unet_cfg_with(block_out_channels=[],
                                                                        down_block_types=[], up_block_types=[])},
-         "generate", "config.json", None, None, "no levels at all"),
+         "generate", "unet/", None, None, "no levels at all"),
         ("unet_config_nan", {"unet/config.json": unet_cfg_with(norm_eps=float("nan"))}, "generate",
          "config.json", "unet_config", "unet/config.json", "norm_eps is NaN (Python's json writes NaN)"),
         ("unet_config_missing_keys", {"unet/config.json": "{}"}, "generate", "unet", None, None,
@@ -341,16 +341,32 @@ def gen_models(c):
                                                         "conv_in.bias": "missing-00001-of-00002.safetensors"}})},
          "info", "index.json", None, None, "sharded index naming a file outside the folder and a missing shard"),
         ("unet_weights_nan", {"unet/diffusion_pytorch_model.safetensors": patched_weights(
-            unet_w, lambda h, d: fill(h, d, "conv_in.weight", float("nan")))}, "generate", "unet", None, None,
+            unet_w, lambda h, d: fill(h, d, "conv_in.weight", float("nan")))}, "generate", "UNet", None, None,
          "NaN in the UNet's conv_in weights: sampling must stop with the step and module"),
         ("vae_weights_inf", {"vae/diffusion_pytorch_model.safetensors": patched_weights(
             vae_w, lambda h, d: fill(h, d, "decoder.conv_in.weight", float("inf")))}, "generate", "vae", None,
          None, "+Inf in the VAE decoder's conv_in weights: the decoded image is not finite"),
         ("text_encoder_weights_nan", {"text_encoder/model.safetensors": patched_weights(
             te_w, lambda h, d: fill(h, d, "text_model.embeddings.position_embedding.weight", float("nan")))},
-         "generate", "text", None, None, "NaN position embeddings: every text hidden state is NaN"),
+         "generate", "NaN", None, None, "NaN position embeddings: every text hidden state is NaN"),
         ("text_encoder_wrong_dtype", {"text_encoder/model.safetensors": patched_weights(te_w, wrong_dtype)},
          "generate", "final_layer_norm", None, None, "a float weight stored with dtype I32"),
+        ("tokenizer_vocab_not_json", {"tokenizer/vocab.json": '{"a</w>": 1, "b</w>": '}, "generate",
+         "vocab.json", "json", "tokenizer/vocab.json", "vocab.json cut short"),
+        ("tokenizer_vocab_bad_ids", {"tokenizer/vocab.json": json.dumps(
+            {"<|startoftext|>": 49406, "<|endoftext|>": 2**31, "a</w>": -1, "b</w>": 1.5})}, "generate",
+         "vocab.json", None, None, "vocab ids beyond int32, negative and fractional"),
+        ("tokenizer_vocab_no_specials", {"tokenizer/vocab.json": json.dumps({"a</w>": 0, "b</w>": 1})},
+         "generate", "vocab.json", None, None, "a vocabulary without <|startoftext|> / <|endoftext|>"),
+        ("tokenizer_merges_binary", {"tokenizer/merges.txt": b"#version: 0.2\n" + bytes(range(1, 256)) * 40},
+         "generate", "merges.txt", None, None, "merges.txt of binary bytes"),
+        ("tokenizer_merges_long_line", {"tokenizer/merges.txt": "#version: 0.2\n" + "a" * 100000 + " b\n"},
+         "generate", "merges.txt", None, None, "a 100000-byte merge symbol"),
+        ("tokenizer_special_map_wrong", {"tokenizer/special_tokens_map.json": json.dumps(
+            {"bos_token": {"content": ["<|startoftext|>"]}, "eos_token": 7})}, "generate",
+         "special_tokens_map.json", None, None, "special tokens of the wrong types"),
+        ("tokenizer_missing", {"tokenizer/vocab.json": None, "tokenizer/merges.txt": None}, "info", "tokenizer",
+         None, None, "a tokenizer folder without vocab.json and merges.txt"),
     ]
     # neutral folder names, so that a message naming the folder does not
     # satisfy `names` by accident
@@ -406,7 +422,7 @@ def gen_ldm_yaml(c):
          "VAE ch 2^31-1 x ch_mult overflows int"),
         ("ldm_betas_reversed", good.replace("linear_start: 0.00085", "linear_start: 0.5"),
          "linear_start above linear_end"),
-        ("ldm_two_docs", good + "\n---\nmodel: {}\n", "two YAML documents"),
+        ("ldm_two_docs", good + "\n---\nmodel: {}\n", "two YAML documents (ldm_yaml reads the first only)"),
         ("ldm_huge", "# " + "x" * (17 << 20) + "\n" + good, "17 MB file (over the 16 MB limit)"),
     ]
     for cid, text, why in cases:
@@ -421,7 +437,8 @@ def gen_ldm_yaml(c):
         c.write(d + "/model.yaml", text)
         # memory bombs are only driven through the CLI (under ulimit), never in-process
         c.add(cid, "ldm_yaml", d + "/model.safetensors", why, "info", "model.yaml",
-              lib=None if "string_alias" in cid else "ldm_yaml", target=d + "/model.yaml")
+              lib=None if "string_alias" in cid else "ldm_yaml", target=d + "/model.yaml",
+              expect="any" if cid == "ldm_two_docs" else "error")
 
 
 # ---------------------------------------------------------------- SegMoE yaml
@@ -445,7 +462,8 @@ def gen_segmoe_yaml(c):
     big = "p" * 900000
     cases = [
         ("segmoe_alias_bomb", head + "\n".join(bomb) + "\n" + experts, "billion laughs (9^10 nodes)"),
-        ("segmoe_merge_key_bomb", head + "\n".join(merge_bomb) + "\n" + experts, "<< merge keys 4-way x 20 levels"),
+        ("segmoe_merge_key_bomb", head + "\n".join(merge_bomb) + "\n" + experts,
+         "<< merge keys 4-way x 20 levels (valid, but 4^20 work if merged naively)"),
         ("segmoe_string_alias_bomb", head + "big: &s \"%s\"\nr: [%s]\n" % (big, ", ".join(["*s"] * 12000)) + experts,
          "a 900 KB string aliased 12000 times (10 GB if copied)"),
         ("segmoe_recursive_alias", head + "x: &x {y: *x}\n" + experts, "a mapping aliasing itself"),
@@ -484,8 +502,10 @@ def gen_segmoe_yaml(c):
         rel = "segmoe/%s.yaml" % cid[len("segmoe_"):]
         c.write(rel, text)
         names = "config.json" if cid == "segmoe_expert_broken_model" else os.path.basename(rel)
-        c.add(cid, "segmoe_yaml", rel, why, "merge", names,
-              lib=None if cid == "segmoe_expert_broken_model" or "string_alias" in cid else "segmoe_yaml")
+        # a valid config (the merge-key case) would really be merged: library tier only
+        c.add(cid, "segmoe_yaml", rel, why, None if cid == "segmoe_merge_key_bomb" else "merge", names,
+              lib=None if cid == "segmoe_expert_broken_model" or "string_alias" in cid else "segmoe_yaml",
+              expect="any" if cid == "segmoe_merge_key_bomb" else "error")
 
 
 # ---------------------------------------------------------------- jobs files
@@ -505,12 +525,14 @@ def gen_jobs(c):
         ("jobs_invalid_utf8", b'{"prompt": "\xff\xfe\xfd"}\n\xc0\xaf\n', "invalid UTF-8 in and outside JSON"),
         ("jobs_binary", bytes(range(256)) * 64, "binary garbage"),
         ("jobs_name_traversal", '{"prompt": "a", "name": "../escaped-by-name"}\n'
-         '{"prompt": "a", "name": "sub/../../escaped-2"}\n', "output names escaping the output folder"),
+         '{"prompt": "a", "name": "sub/../../escaped-2"}\n',
+         "output names escaping the output folder (may be refused or sanitised: nothing outside it)"),
     ]
     for cid, text, why in cases:
         rel = "jobs/%s.jsonl" % cid[len("jobs_"):]
         c.write(rel, text)
-        c.add(cid, "jobs", rel, why, "batch", os.path.basename(rel))
+        c.add(cid, "jobs", rel, why, "batch", os.path.basename(rel),
+              expect="any" if cid == "jobs_name_traversal" else "error")
 
 
 # ---------------------------------------------------------------- images

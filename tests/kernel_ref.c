@@ -159,3 +159,29 @@ void ref_nchw_to_nhwc(const float *x, int64_t n, int64_t c, int64_t h, int64_t w
         for (int64_t j = 0; j < c; j++)
             for (int64_t i = 0; i < h * w; i++) y[(b * h * w + i) * c + j] = x[(b * c + j) * h * w + i];
 }
+
+int64_t ref_layout_index(int blk, int64_t c, int64_t hw, int64_t b, int64_t ch, int64_t p) {
+    if (blk == 0) return (b * hw + p) * c + ch;
+    if (blk == 1) return (b * c + ch) * hw + p;
+    int64_t nblk = (c + blk - 1) / blk;
+    return (((b * nblk + ch / blk) * hw + p) * blk) + ch % blk;
+}
+
+int64_t ref_layout_size(int blk, int64_t n, int64_t c, int64_t hw) {
+    if (blk <= 1) return n * c * hw;
+    return n * ((c + blk - 1) / blk) * blk * hw;
+}
+
+void ref_to_layout(const float *nhwc, int blk, int64_t n, int64_t c, int64_t hw, float *y) {
+    memset(y, 0, (size_t)ref_layout_size(blk, n, c, hw) * sizeof(float));
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t p = 0; p < hw; p++)
+            for (int64_t ch = 0; ch < c; ch++) y[ref_layout_index(blk, c, hw, b, ch, p)] = nhwc[(b * hw + p) * c + ch];
+}
+
+void ref_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t rows, float *y) {
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < ca; j++) y[r * (ca + cb) + j] = a[r * ca + j];
+        for (int64_t j = 0; j < cb; j++) y[r * (ca + cb) + ca + j] = b[r * cb + j];
+    }
+}

@@ -29,6 +29,16 @@ void ref_attention(const float *q, int64_t q_ld, const float *k, int64_t k_ld, c
                    float scale, int causal, float *out, int64_t o_ld);
 void ref_upsample_nearest(const float *x, int64_t n, int64_t h, int64_t w, int64_t c, float *y,
                           int64_t oh, int64_t ow);
+/* y [rows, ca + cb] = [a | b]. */
+void ref_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t rows, float *y);
 void ref_nchw_to_nhwc(const float *x, int64_t n, int64_t c, int64_t h, int64_t w, float *y);
+/* Index of element (b, ch, p) of an [n, c, hw] tensor in layout blk
+ * (0 NHWC, 1 NCHW, 8/16 blocked with zero padding lanes), written out
+ * independently of core/kernels.h's sd_layout_offset. */
+int64_t ref_layout_index(int blk, int64_t c, int64_t hw, int64_t b, int64_t ch, int64_t p);
+/* Stored floats of such a tensor. */
+int64_t ref_layout_size(int blk, int64_t n, int64_t c, int64_t hw);
+/* NHWC -> layout blk (padding lanes zero). */
+void ref_to_layout(const float *nhwc, int blk, int64_t n, int64_t c, int64_t hw, float *y);
 
 #endif

@@ -112,7 +112,7 @@ typedef struct sd_unet_tblock {
     sd_tensor norm3_w, norm3_b;      /* B.norm3.* [dim] */
     sd_ff ff;                        /* B.ff.net.0.proj [8 dim, dim] (+bias), B.ff.net.2 [dim, 4 dim] (+bias), or MoE */
     float *kv_cache;                 /* attn2 K|V for the cached context: [n, n_ctx, 2 * dim] (owned) */
-    int64_t kv_cache_rows;           /* rows the cache was computed for (0 = invalid) */
+    int64_t kv_cache_rows;           /* rows the cache has room for (n * n_ctx) */
 } sd_unet_tblock;
 
 /* Transformer2DModel (transformer_2d.py), prefix T = "<block>.attentions.<j>". */
@@ -175,6 +175,11 @@ int sd_unet_forward(sd_unet *u, const float *sample, int64_t n, int64_t h, int64
 int sd_unet_forward_ex(sd_unet *u, const float *sample, int64_t n, int64_t h, int64_t w,
                        float timestep, const float *context, int64_t n_ctx, float *out,
                        sd_error *err);
+
+/* Activation layout between layers (core/kernels.h layouts: SD_LAYOUT_NHWC,
+ * 8 or 16); default sd_preferred_layout().  Results agree to rounding. */
+int sd_unet_set_layout(sd_unet *u, int blk, sd_error *err);
+int sd_unet_get_layout(const sd_unet *u);
 
 /* Intermediates callback (NULL to disable). */
 void sd_unet_set_capture(sd_unet *u, sd_unet_capture_fn fn, void *ctx);

@@ -151,8 +151,8 @@ int sd_unet_config_parse(sd_unet_config *c, const cJSON *j, const char *file, sd
     }
     c->n_levels = n;
     for (int i = 0; i < n; i++)
-        if (c->block_out_channels[i] < 1)
-            return sd_fail(err, "%s: key 'block_out_channels': values must be >= 1", file);
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] > 65536)
+            return sd_fail(err, "%s: key 'block_out_channels': values must be between 1 and 65536", file);
     if (parse_block_types(c, j, file, err) || parse_unsupported(j, file, err)) return -1;
     double eps, fshift, rs, ms;
     if (sd_json_int(j, file, "in_channels", 4, &c->in_channels, err) ||

@@ -44,10 +44,16 @@ static void plan_transformer(unet_plan *p, const sd_unet_transformer *tr, int64_
     }
 }
 
-static void plan_block(unet_plan *p, const sd_unet_block *blk, int64_t n, int64_t hw, int64_t n_ctx) {
+/* Floats of an [n, c, hw] activation in the UNet's layout. */
+static int64_t act_floats(const sd_unet *u, int64_t n, int64_t c, int64_t hw) { return sd_layout_floats(u->blk, n, c, hw); }
+
+static void plan_block(const sd_unet *u, unet_plan *p, const sd_unet_block *blk, int64_t n, int64_t hw, int64_t n_ctx) {
     for (int j = 0; j < blk->n_resnets; j++)
-        p->act = max64(p->act, n * hw * max64(blk->resnets[j].c_in, blk->resnets[j].c_out));
-    for (int a = 0; a < blk->n_attn; a++) plan_transformer(p, &blk->attn[a], n, hw, n_ctx);
+        p->act = max64(p->act, act_floats(u, n, max64(blk->resnets[j].c_in, blk->resnets[j].c_out), hw));
+    for (int a = 0; a < blk->n_attn; a++) {
+        plan_transformer(p, &blk->attn[a], n, hw, n_ctx);
+        p->act = max64(p->act, n * hw * blk->attn[a].inner); /* NHWC proj_in/proj_out results */
+    }
 }
 
 static void unet_plan_make(const sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, unet_plan *p) {
@@ -56,20 +62,21 @@ static void unet_plan_make(const sd_unet *u, int64_t n, int64_t h, int64_t w, in
     memset(p, 0, sizeof *p);
     level_sizes(u, h, w, p->lh, p->lw);
     int64_t c0 = c->block_out_channels[0];
-    p->x = n * h * w * c->in_channels;
-    p->skips = n * h * w * c0;
-    p->act = n * h * w * max64(c0, c->out_channels);
+    p->x = n * c->in_channels * h * w; /* NCHW copy for center_input_sample */
+    p->skips = act_floats(u, n, c0, h * w);
+    p->act = max64(act_floats(u, n, c0, h * w), act_floats(u, n, c->out_channels, h * w));
     for (int l = 0; l < nl; l++) {
         int64_t hw = p->lh[l] * p->lw[l], cl = c->block_out_channels[l];
-        plan_block(p, &u->down[l], n, hw, n_ctx);
-        p->skips += n * hw * cl * u->down[l].n_resnets;
-        if (u->down[l].sampler) p->skips += n * p->lh[l + 1] * p->lw[l + 1] * cl;
+        plan_block(u, p, &u->down[l], n, hw, n_ctx);
+        p->skips += act_floats(u, n, cl, hw) * u->down[l].n_resnets;
+        if (u->down[l].sampler) p->skips += act_floats(u, n, cl, p->lh[l + 1] * p->lw[l + 1]);
     }
-    if (u->mid.n_resnets) plan_block(p, &u->mid, n, p->lh[nl - 1] * p->lw[nl - 1], n_ctx);
+    if (u->mid.n_resnets) plan_block(u, p, &u->mid, n, p->lh[nl - 1] * p->lw[nl - 1], n_ctx);
     for (int i = 0; i < nl; i++) {
         int lvl = nl - 1 - i;
-        plan_block(p, &u->up[i], n, p->lh[lvl] * p->lw[lvl], n_ctx);
-        if (u->up[i].sampler) p->act = max64(p->act, n * p->lh[lvl - 1] * p->lw[lvl - 1] * u->up[i].c_out);
+        plan_block(u, p, &u->up[i], n, p->lh[lvl] * p->lw[lvl], n_ctx);
+        if (u->up[i].sampler)
+            p->act = max64(p->act, act_floats(u, n, u->up[i].c_out, p->lh[lvl - 1] * p->lw[lvl - 1]));
     }
 }
 
@@ -123,8 +130,25 @@ void sd_unet_set_capture(sd_unet *u, sd_unet_capture_fn fn, void *ctx) {
     u->capture_ctx = ctx;
 }
 
+/* Hands an activation (in the UNet's layout unless `nhwc`) to the capture callback as NHWC. */
+static void capture_ex(sd_unet *u, const char *name, const float *x, int nhwc, int64_t n, int64_t h, int64_t w,
+                       int64_t c) {
+    if (!u->capture) return;
+    if (!nhwc && u->blk != SD_LAYOUT_NHWC) {
+        size_t need = (size_t)(n * h * w * c);
+        if (need > u->cap_floats) {
+            float *nb = realloc(u->cap_buf, need * sizeof(float));
+            if (!nb) return;
+            u->cap_buf = nb, u->cap_floats = need;
+        }
+        sd_layout_convert(x, u->blk, u->cap_buf, SD_LAYOUT_NHWC, n, c, h * w, 0);
+        x = u->cap_buf;
+    }
+    u->capture(u->capture_ctx, name, x, n, h, w, c);
+}
+
 static void capture(sd_unet *u, const char *name, const float *x, int64_t n, int64_t h, int64_t w, int64_t c) {
-    if (u->capture) u->capture(u->capture_ctx, name, x, n, h, w, c);
+    capture_ex(u, name, x, 0, n, h, w, c);
 }
 
 /* ------------------------------------------------------------ time embedding */
@@ -159,22 +183,24 @@ static void time_embedding(sd_unet *u, float t) {
 static int run_resnet(sd_unet *u, sd_unet_resnet *r, const float *x, int64_t n, int64_t h, int64_t w, float *y,
                       sd_error *err) {
     unet_workspace *ws = &u->ws;
-    int64_t hw = h * w, rows = n * hw;
+    int64_t hw = h * w;
     int G = u->cfg.norm_num_groups;
     float eps = u->cfg.norm_eps;
-    sd_group_norm(x, n, hw, r->c_in, G, eps, r->norm1_w.data, r->norm1_b.data, ws->t1, 1);
-    if (sd_conv2d_forward(r->conv1, ws->t1, n, h, w, ws->t2, err)) return -1;
+    int blk = u->blk;
+    int64_t y_floats = act_floats(u, n, r->c_out, hw);
+    sd_group_norm_ex(x, blk, ws->t1, blk, n, hw, r->c_in, G, eps, r->norm1_w.data, r->norm1_b.data, 1);
+    if (sd_conv2d_forward_blk(r->conv1, ws->t1, blk, n, h, w, ws->t2, 0, err)) return -1;
     sd_dense_forward(&r->time_emb_proj, u->temb_act, 1, u->tvec);
-    sd_add_bias(ws->t2, rows, r->c_out, u->tvec);
-    sd_group_norm(ws->t2, n, hw, r->c_out, G, eps, r->norm2_w.data, r->norm2_b.data, ws->t1, 1);
+    sd_add_channel_vec(ws->t2, blk, n, r->c_out, hw, u->tvec);
+    sd_group_norm_ex(ws->t2, blk, ws->t1, blk, n, hw, r->c_out, G, eps, r->norm2_w.data, r->norm2_b.data, 1);
     if (r->conv_shortcut) {
-        if (sd_conv2d_forward(r->conv_shortcut, x, n, h, w, y, err)) return -1;
+        if (sd_conv2d_forward_blk(r->conv_shortcut, x, blk, n, h, w, y, 0, err)) return -1;
     } else {
-        memcpy(y, x, (size_t)(rows * r->c_out) * sizeof(float));
+        memcpy(y, x, (size_t)y_floats * sizeof(float));
     }
-    if (sd_conv2d_forward_ex(r->conv2, ws->t1, r->c_out, n, h, w, y, r->c_out, 1, err)) return -1;
+    if (sd_conv2d_forward_blk(r->conv2, ws->t1, blk, n, h, w, y, 1, err)) return -1;
     if (r->out_scale != 1.0f)
-        for (int64_t i = 0; i < rows * r->c_out; i++) y[i] /= r->out_scale;
+        for (int64_t i = 0; i < y_floats; i++) y[i] /= r->out_scale;
     return 0;
 }
 
@@ -234,12 +260,19 @@ static int run_transformer(sd_unet *u, sd_unet_transformer *tr, float *x, int64_
                            sd_error *err) {
     unet_workspace *ws = &u->ws;
     int64_t hw = h * w, rows = n * hw;
-    sd_group_norm(x, n, hw, tr->channels, tr->groups, 1e-6f, tr->norm_w.data, tr->norm_b.data, ws->t1, 0);
+    /* GroupNorm writes NHWC token rows whatever the activation layout */
+    sd_group_norm_ex(x, u->blk, ws->t1, SD_LAYOUT_NHWC, n, hw, tr->channels, tr->groups, 1e-6f, tr->norm_w.data,
+                     tr->norm_b.data, 0);
     sd_dense_forward(&tr->proj_in, ws->t1, rows, ws->t2);
     for (int k = 0; k < tr->n_blocks; k++)
         if (run_tblock(u, &tr->blocks[k], ws->t2, n, hw, err)) return -1;
-    sd_linear_ex(ws->t2, tr->inner, tr->proj_out.w.data, tr->proj_out.b.data, rows, tr->inner, tr->channels, x,
-                 tr->channels, 1);
+    if (u->blk == SD_LAYOUT_NHWC) {
+        sd_linear_ex(ws->t2, tr->inner, tr->proj_out.w.data, tr->proj_out.b.data, rows, tr->inner, tr->channels, x,
+                     tr->channels, 1);
+    } else {
+        sd_dense_forward(&tr->proj_out, ws->t2, rows, ws->t1);
+        sd_layout_convert(ws->t1, SD_LAYOUT_NHWC, x, u->blk, n, tr->channels, hw, 1);
+    }
     return 0;
 }
 
@@ -251,6 +284,7 @@ typedef struct skip_t {
 } skip_t;
 
 typedef struct fwd_state {
+    sd_unet *u;
     int64_t n;
     float *cur;            /* current hidden states */
     int64_t h, w, c;
@@ -262,7 +296,7 @@ typedef struct fwd_state {
 static float *skip_push(fwd_state *s, int64_t h, int64_t w, int64_t c) {
     float *p = s->skip_next;
     s->skips[s->n_skips++] = (skip_t){p, h, w, c};
-    s->skip_next += s->n * h * w * c;
+    s->skip_next += act_floats(s->u, s->n, c, h * w);
     return p;
 }
 
@@ -282,7 +316,7 @@ static int run_down(sd_unet *u, int l, fwd_state *s, sd_error *err) {
         int64_t oh, ow;
         sd_conv2d_out_size(blk->sampler, s->h, s->w, &oh, &ow);
         float *out = skip_push(s, oh, ow, s->c);
-        if (sd_conv2d_forward(blk->sampler, s->cur, s->n, s->h, s->w, out, err)) return -1;
+        if (sd_conv2d_forward_blk(blk->sampler, s->cur, u->blk, s->n, s->h, s->w, out, 0, err)) return -1;
         s->cur = out, s->h = oh, s->w = ow;
     }
     if (u->capture) {
@@ -315,7 +349,6 @@ static int run_mid(sd_unet *u, fwd_state *s, sd_error *err) {
 static int run_up(sd_unet *u, int i, fwd_state *s, sd_error *err) {
     sd_unet_block *blk = &u->up[i];
     unet_workspace *ws = &u->ws;
-    int64_t rows = s->n * s->h * s->w;
     for (int j = 0; j < blk->n_resnets; j++) {
         sd_unet_resnet *r = &blk->resnets[j];
         if (s->n_skips < 1) return sd_fail(err, "unet: up_blocks.%d: no skip tensor left", i);
@@ -326,7 +359,7 @@ static int run_up(sd_unet *u, int i, fwd_state *s, sd_error *err) {
                            (long long)sk.w, (long long)sk.c, (long long)s->h, (long long)s->w, (long long)s->c,
                            (long long)r->c_in);
         /* torch.cat([hidden_states, res_hidden_states], dim=1) */
-        sd_concat_channels(s->cur, s->c, sk.p, sk.c, rows, ws->cat);
+        sd_concat_channels_ex(s->cur, s->c, sk.p, sk.c, u->blk, s->n, s->h * s->w, ws->cat);
         float *out = s->cur == ws->ha ? ws->hb : ws->ha;
         if (run_resnet(u, r, ws->cat, s->n, s->h, s->w, out, err)) return -1;
         if (blk->n_attn && run_transformer(u, &blk->attn[j], out, s->n, s->h, s->w, err)) return -1;
@@ -338,9 +371,9 @@ static int run_up(sd_unet *u, int i, fwd_state *s, sd_error *err) {
          * upsample_size when the latent is not a multiple of 2^num_upsamplers;
          * otherwise x2, which is the same size), then conv 3x3. */
         int64_t oh = s->skips[s->n_skips - 1].h, ow = s->skips[s->n_skips - 1].w;
-        sd_upsample_nearest(s->cur, s->n, s->h, s->w, s->c, ws->cat, oh, ow, s->c);
+        sd_upsample_nearest_ex(s->cur, u->blk, s->n, s->c, s->h, s->w, ws->cat, oh, ow);
         float *out = s->cur == ws->ha ? ws->hb : ws->ha;
-        if (sd_conv2d_forward(blk->sampler, ws->cat, s->n, oh, ow, out, err)) return -1;
+        if (sd_conv2d_forward_blk(blk->sampler, ws->cat, u->blk, s->n, oh, ow, out, 0, err)) return -1;
         s->cur = out, s->h = oh, s->w = ow;
     }
     if (u->capture) {
@@ -386,38 +419,37 @@ static int unet_run(sd_unet *u, const float *sample, int64_t n, int64_t h, int64
     unet_workspace *ws = &u->ws;
     int64_t c0 = c->block_out_channels[0], hw = h * w;
     time_embedding(u, timestep);
-    capture(u, "time_proj", u->tproj, 1, 1, 1, c0);
-    capture(u, "time_embedding", u->temb, 1, 1, 1, c->time_embed_dim);
+    capture_ex(u, "time_proj", u->tproj, 1, 1, 1, 1, c0);
+    capture_ex(u, "time_embedding", u->temb, 1, 1, 1, 1, c->time_embed_dim);
 
-    sd_nchw_to_nhwc(sample, n, c->in_channels, h, w, ws->x);
-    if (c->center_input_sample)
-        for (int64_t i = 0; i < n * hw * c->in_channels; i++) ws->x[i] = 2.0f * ws->x[i] - 1.0f;
-    fwd_state *s = calloc(1, sizeof *s);
-    if (!s) return sd_fail(err, "unet: out of memory");
-    s->n = n, s->h = h, s->w = w, s->c = c0, s->skip_next = ws->skips;
-    int rc = -1;
+    int blk = u->blk;
+    const float *src = sample;
+    if (c->center_input_sample) { /* sample = 2 * sample - 1 */
+        for (int64_t i = 0; i < n * c->in_channels * hw; i++) ws->x[i] = 2.0f * sample[i] - 1.0f;
+        src = ws->x;
+    }
+    fwd_state state = {0}, *s = &state;
+    s->u = u, s->n = n, s->h = h, s->w = w, s->c = c0, s->skip_next = ws->skips;
     s->cur = skip_push(s, h, w, c0);
-    if (sd_conv2d_forward(u->conv_in, ws->x, n, h, w, s->cur, err)) goto done;
+    /* NCHW straight in: oneDNN's first-layer kernel for few input channels */
+    if (sd_conv2d_forward_layout(u->conv_in, src, SD_LAYOUT_NCHW, n, h, w, s->cur, blk, 0, err)) return -1;
     capture(u, "conv_in", s->cur, n, h, w, c0);
     for (int l = 0; l < c->n_levels; l++)
-        if (run_down(u, l, s, err)) goto done;
-    if (u->mid.n_resnets && run_mid(u, s, err)) goto done;
+        if (run_down(u, l, s, err)) return -1;
+    if (u->mid.n_resnets && run_mid(u, s, err)) return -1;
     for (int i = 0; i < c->n_levels; i++)
-        if (run_up(u, i, s, err)) goto done;
+        if (run_up(u, i, s, err)) return -1;
     /* conv_norm_out -> SiLU -> conv_out */
-    sd_group_norm(s->cur, n, hw, c0, c->norm_num_groups, c->norm_eps, u->norm_out_w.data, u->norm_out_b.data, ws->t1,
-                  u->capture ? 0 : 1);
-    if (u->capture) {
+    sd_group_norm_ex(s->cur, blk, ws->t1, blk, n, hw, c0, c->norm_num_groups, c->norm_eps, u->norm_out_w.data,
+                     u->norm_out_b.data, u->capture ? 0 : 1);
+    if (u->capture) { /* the fixture's conv_norm_out is the GroupNorm output, before SiLU */
         capture(u, "conv_norm_out", ws->t1, n, h, w, c0);
-        sd_silu(ws->t1, ws->t1, n * hw * c0);
+        sd_silu(ws->t1, ws->t1, act_floats(u, n, c0, hw));
     }
-    if (sd_conv2d_forward(u->conv_out, ws->t1, n, h, w, ws->t2, err)) goto done;
+    if (sd_conv2d_forward_blk(u->conv_out, ws->t1, blk, n, h, w, ws->t2, 0, err)) return -1;
     capture(u, "conv_out", ws->t2, n, h, w, c->out_channels);
-    sd_nhwc_to_nchw(ws->t2, n, h, w, c->out_channels, out);
-    rc = 0;
-done:
-    free(s);
-    return rc;
+    sd_layout_convert(ws->t2, blk, out, SD_LAYOUT_NCHW, n, c->out_channels, hw, 0);
+    return 0;
 }
 
 int sd_unet_forward_ex(sd_unet *u, const float *sample, int64_t n, int64_t h, int64_t w, float timestep,

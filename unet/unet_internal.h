@@ -40,6 +40,9 @@ struct sd_unet {
     /* small per-call vectors */
     float *tproj, *temb, *temb_act, *tvec; /* [c0], [temb], [temb], [max channels] */
 
+    int blk;                         /* activation layout (core/kernels.h): sd_preferred_layout() */
+    float *cap_buf;                  /* NHWC copy for the capture callback (tests only) */
+    size_t cap_floats;
     unet_workspace ws;
     int64_t ctx_n, ctx_tokens;       /* what the attn2 K/V caches hold (0 = nothing) */
     sd_unet_capture_fn capture;

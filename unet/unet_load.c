@@ -9,6 +9,16 @@
 #include "unet/moe_layer.h"
 #include "unet/unet_internal.h"
 
+/* Formats a tensor / module name.  A name too long for the buffer is cut
+ * (it then fails to bind with a message naming it). */
+static void name_fmt(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void name_fmt(char *out, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, cap, fmt, ap);
+    va_end(ap);
+}
+
 /* Binding context: the binder, the error and the current name prefix. */
 typedef struct loader {
     sd_unet *u;
@@ -21,7 +31,7 @@ typedef struct loader {
 static int bind_t(loader *L, sd_tensor *t, const char *prefix, const char *suffix, int ndim, int64_t d0,
                   int64_t d1, int64_t d2, int64_t d3) {
     char name[320];
-    snprintf(name, sizeof name, "%s.%s", prefix, suffix);
+    name_fmt(name, sizeof name, "%s.%s", prefix, suffix);
     int64_t shape[4] = {d0, d1, d2, d3};
     if (sd_bind(L->b, t, name, ndim, shape, L->err)) return -1;
     if (!sd_tensor_f32(t, L->err)) return sd_error_prefix(L->err, "unet: %s", name);
@@ -51,24 +61,24 @@ static int bind_conv(loader *L, sd_tensor *w, sd_tensor *b, sd_conv2d **conv, co
 }
 
 static int bind_resnet(loader *L, sd_unet_resnet *r, const char *prefix, int64_t c_in, int64_t c_out, float scale) {
-    char p[256];
+    char p[320];
     int64_t temb = L->u->cfg.time_embed_dim;
     r->c_in = c_in, r->c_out = c_out, r->out_scale = scale;
-    snprintf(p, sizeof p, "%s.norm1", prefix);
+    name_fmt(p, sizeof p, "%s.norm1", prefix);
     if (bind_t(L, &r->norm1_w, p, "weight", 1, c_in, 0, 0, 0) || bind_t(L, &r->norm1_b, p, "bias", 1, c_in, 0, 0, 0))
         return -1;
-    snprintf(p, sizeof p, "%s.conv1", prefix);
+    name_fmt(p, sizeof p, "%s.conv1", prefix);
     if (bind_conv(L, &r->conv1_w, &r->conv1_b, &r->conv1, p, c_out, c_in, 3, 1, 1, 1)) return -1;
-    snprintf(p, sizeof p, "%s.time_emb_proj", prefix);
+    name_fmt(p, sizeof p, "%s.time_emb_proj", prefix);
     if (bind_dense(L, &r->time_emb_proj, p, c_out, temb, 1)) return -1;
-    snprintf(p, sizeof p, "%s.norm2", prefix);
+    name_fmt(p, sizeof p, "%s.norm2", prefix);
     if (bind_t(L, &r->norm2_w, p, "weight", 1, c_out, 0, 0, 0) ||
         bind_t(L, &r->norm2_b, p, "bias", 1, c_out, 0, 0, 0))
         return -1;
-    snprintf(p, sizeof p, "%s.conv2", prefix);
+    name_fmt(p, sizeof p, "%s.conv2", prefix);
     if (bind_conv(L, &r->conv2_w, &r->conv2_b, &r->conv2, p, c_out, c_out, 3, 1, 1, 1)) return -1;
     if (c_in != c_out) { /* use_in_shortcut */
-        snprintf(p, sizeof p, "%s.conv_shortcut", prefix);
+        name_fmt(p, sizeof p, "%s.conv_shortcut", prefix);
         if (bind_conv(L, &r->short_w, &r->short_b, &r->conv_shortcut, p, c_out, c_in, 1, 1, 0, 0)) return -1;
     }
     return 0;
@@ -77,7 +87,7 @@ static int bind_resnet(loader *L, sd_unet_resnet *r, const char *prefix, int64_t
 /* to_q/to_k/to_v: dense [out, in] without bias, or an MoE when allowed and gated in the file. */
 static int bind_qkv(loader *L, sd_proj *p, const char *prefix, int64_t out, int64_t in, int moe_ok) {
     char gate[320];
-    snprintf(gate, sizeof gate, "%s.gate.weight", prefix);
+    name_fmt(gate, sizeof gate, "%s.gate.weight", prefix);
     if (moe_ok && sd_binder_has(L->b, gate)) {
         const sd_unet_config *c = &L->u->cfg;
         if (sd_moe_bind_proj(&p->moe, L->b, prefix, c->moe_num_experts, c->moe_top_k, in, out, L->err)) return -1;
@@ -91,20 +101,20 @@ static int bind_attention(loader *L, sd_unet_attention *a, const char *prefix, i
                           int64_t kv_dim, int moe_attn) {
     char p[320];
     a->heads = heads, a->dim = dim, a->head_dim = dim / heads, a->kv_dim = kv_dim;
-    snprintf(p, sizeof p, "%s.to_q", prefix);
+    name_fmt(p, sizeof p, "%s.to_q", prefix);
     if (bind_qkv(L, &a->to_q, p, dim, dim, moe_attn)) return -1;
-    snprintf(p, sizeof p, "%s.to_k", prefix);
+    name_fmt(p, sizeof p, "%s.to_k", prefix);
     if (bind_qkv(L, &a->to_k, p, dim, kv_dim, moe_attn)) return -1;
-    snprintf(p, sizeof p, "%s.to_v", prefix);
+    name_fmt(p, sizeof p, "%s.to_v", prefix);
     if (bind_qkv(L, &a->to_v, p, dim, kv_dim, moe_attn)) return -1;
-    snprintf(p, sizeof p, "%s.to_out.0", prefix);
+    name_fmt(p, sizeof p, "%s.to_out.0", prefix);
     return bind_dense(L, &a->to_out, p, dim, dim, 1);
 }
 
 static int bind_norm(loader *L, sd_tensor *w, sd_tensor *b, const char *prefix, const char *which, int64_t dim) {
     char p[320];
-    if (prefix[0]) snprintf(p, sizeof p, "%s.%s", prefix, which);
-    else snprintf(p, sizeof p, "%s", which);
+    if (prefix[0]) name_fmt(p, sizeof p, "%s.%s", prefix, which);
+    else name_fmt(p, sizeof p, "%s", which);
     return bind_t(L, w, p, "weight", 1, dim, 0, 0, 0) || bind_t(L, b, p, "bias", 1, dim, 0, 0, 0) ? -1 : 0;
 }
 
@@ -112,27 +122,27 @@ static int bind_tblock(loader *L, sd_unet_tblock *t, const char *prefix, int hea
                        int moe_covered) {
     const sd_unet_config *c = &L->u->cfg;
     char p[320];
-    snprintf(t->name, sizeof t->name, "%s", prefix);
+    name_fmt(t->name, sizeof t->name, "%s", prefix);
     int moe_attn = moe_covered && c->moe_attn, moe_ff = moe_covered && c->moe_ff;
     if (bind_norm(L, &t->norm1_w, &t->norm1_b, prefix, "norm1", dim)) return -1;
-    snprintf(p, sizeof p, "%s.attn1", prefix);
+    name_fmt(p, sizeof p, "%s.attn1", prefix);
     if (bind_attention(L, &t->attn1, p, heads, dim, dim, moe_attn)) return -1;
     if (bind_norm(L, &t->norm2_w, &t->norm2_b, prefix, "norm2", dim)) return -1;
-    snprintf(p, sizeof p, "%s.attn2", prefix);
+    name_fmt(p, sizeof p, "%s.attn2", prefix);
     if (bind_attention(L, &t->attn2, p, heads, dim, ctx_dim, moe_attn)) return -1;
     if (bind_norm(L, &t->norm3_w, &t->norm3_b, prefix, "norm3", dim)) return -1;
     /* FeedForward(dim, mult=4, activation "geglu"): inner = 4 dim */
     int64_t inner = 4 * dim;
-    snprintf(p, sizeof p, "%s.ff.gate.weight", prefix);
+    name_fmt(p, sizeof p, "%s.ff.gate.weight", prefix);
     if (moe_ff && sd_binder_has(L->b, p)) {
-        snprintf(p, sizeof p, "%s.ff", prefix);
+        name_fmt(p, sizeof p, "%s.ff", prefix);
         if (sd_moe_bind_ff(&t->ff.moe, L->b, p, c->moe_num_experts, c->moe_top_k, dim, inner, L->err)) return -1;
         L->u->n_moe++;
         return 0;
     }
-    snprintf(p, sizeof p, "%s.ff.net.0.proj", prefix);
+    name_fmt(p, sizeof p, "%s.ff.net.0.proj", prefix);
     if (bind_dense(L, &t->ff.dense.proj, p, 2 * inner, dim, 1)) return -1;
-    snprintf(p, sizeof p, "%s.ff.net.2", prefix);
+    name_fmt(p, sizeof p, "%s.ff.net.2", prefix);
     return bind_dense(L, &t->ff.dense.out, p, dim, inner, 1);
 }
 
@@ -141,16 +151,16 @@ static int bind_transformer(loader *L, sd_unet_transformer *tr, const char *pref
     char p[320];
     tr->channels = channels, tr->inner = channels, tr->groups = L->u->cfg.norm_num_groups;
     if (bind_norm(L, &tr->norm_w, &tr->norm_b, prefix, "norm", channels)) return -1;
-    snprintf(p, sizeof p, "%s.proj_in", prefix);
+    name_fmt(p, sizeof p, "%s.proj_in", prefix);
     if (bind_proj_io(L, &tr->proj_in, p, tr->inner, channels)) return -1;
     tr->blocks = calloc((size_t)depth, sizeof *tr->blocks);
     if (!tr->blocks) return sd_fail(L->err, "unet: out of memory");
     tr->n_blocks = depth;
     for (int k = 0; k < depth; k++) {
-        snprintf(p, sizeof p, "%s.transformer_blocks.%d", prefix, k);
+        name_fmt(p, sizeof p, "%s.transformer_blocks.%d", prefix, k);
         if (bind_tblock(L, &tr->blocks[k], p, heads, tr->inner, ctx_dim, moe_covered)) return -1;
     }
-    snprintf(p, sizeof p, "%s.proj_out", prefix);
+    name_fmt(p, sizeof p, "%s.proj_out", prefix);
     return bind_proj_io(L, &tr->proj_out, p, channels, tr->inner);
 }
 
@@ -170,12 +180,12 @@ static int bind_down(loader *L, int l) {
     int moe = c->moe_enabled && l >= c->moe_down_start && l < c->moe_down_end;
     blk->kind = c->down_kind[l], blk->c_out = out;
     if (block_alloc(L, blk, nres, cross ? nres : 0)) return -1;
-    char p[256];
+    char p[320];
     for (int j = 0; j < nres; j++) {
-        snprintf(p, sizeof p, "down_blocks.%d.resnets.%d", l, j);
+        name_fmt(p, sizeof p, "down_blocks.%d.resnets.%d", l, j);
         if (bind_resnet(L, &blk->resnets[j], p, j ? out : in, out, c->resnet_out_scale_factor)) return -1;
         if (!cross) continue;
-        snprintf(p, sizeof p, "down_blocks.%d.attentions.%d", l, j);
+        name_fmt(p, sizeof p, "down_blocks.%d.attentions.%d", l, j);
         if (bind_transformer(L, &blk->attn[j], p, out, c->heads[l], c->transformer_layers[l],
                              c->cross_attention_dim[l], moe))
             return -1;
@@ -183,7 +193,7 @@ static int bind_down(loader *L, int l) {
     if (l == c->n_levels - 1) return 0;
     /* Downsample2D: conv stride 2, padding p; p == 0 pads (0,1,0,1) first */
     int64_t pad = c->downsample_padding;
-    snprintf(p, sizeof p, "down_blocks.%d.downsamplers.0.conv", l);
+    name_fmt(p, sizeof p, "down_blocks.%d.downsamplers.0.conv", l);
     return bind_conv(L, &blk->sampler_w, &blk->sampler_b, &blk->sampler, p, out, out, 3, 2, pad, pad ? pad : 1);
 }
 
@@ -212,19 +222,19 @@ static int bind_up(loader *L, int i) {
     int moe = c->moe_enabled && i >= c->moe_up_start && i < c->moe_up_end;
     blk->kind = c->up_kind[i], blk->c_out = out;
     if (block_alloc(L, blk, nres, cross ? nres : 0)) return -1;
-    char p[256];
+    char p[320];
     for (int j = 0; j < nres; j++) {
         int64_t skip = j == nres - 1 ? in : out, res_in = j == 0 ? prev : out;
-        snprintf(p, sizeof p, "up_blocks.%d.resnets.%d", i, j);
+        name_fmt(p, sizeof p, "up_blocks.%d.resnets.%d", i, j);
         if (bind_resnet(L, &blk->resnets[j], p, res_in + skip, out, c->resnet_out_scale_factor)) return -1;
         if (!cross) continue;
-        snprintf(p, sizeof p, "up_blocks.%d.attentions.%d", i, j);
+        name_fmt(p, sizeof p, "up_blocks.%d.attentions.%d", i, j);
         if (bind_transformer(L, &blk->attn[j], p, out, c->heads[lvl], c->up_transformer_layers[i],
                              c->cross_attention_dim[lvl], moe))
             return -1;
     }
     if (i == n - 1) return 0;
-    snprintf(p, sizeof p, "up_blocks.%d.upsamplers.0.conv", i);
+    name_fmt(p, sizeof p, "up_blocks.%d.upsamplers.0.conv", i);
     return bind_conv(L, &blk->sampler_w, &blk->sampler_b, &blk->sampler, p, out, out, 3, 1, 1, 1);
 }
 
@@ -281,6 +291,7 @@ int sd_unet_load(sd_unet **out, const sd_unet_config *cfg, sd_binder *b, sd_erro
     sd_unet *u = calloc(1, sizeof *u);
     if (!u) return sd_fail(err, "unet: out of memory");
     u->cfg = *cfg;
+    u->blk = sd_preferred_layout();
     int64_t maxc = cfg->time_embed_dim;
     for (int l = 0; l < cfg->n_levels; l++)
         if (cfg->block_out_channels[l] > maxc) maxc = cfg->block_out_channels[l];
@@ -345,8 +356,18 @@ void sd_unet_free(sd_unet *u) {
     free(u->temb_act);
     free(u->tvec);
     free(u->ws.base);
+    free(u->cap_buf);
     free(u);
 }
+
+int sd_unet_set_layout(sd_unet *u, int blk, sd_error *err) {
+    if (blk != SD_LAYOUT_NHWC && blk != 8 && blk != 16)
+        return sd_fail(err, "unet: layout %d is not NHWC (0), 8 or 16", blk);
+    u->blk = blk;
+    return 0;
+}
+
+int sd_unet_get_layout(const sd_unet *u) { return u->blk; }
 
 const sd_unet_config *sd_unet_get_config(const sd_unet *u) { return &u->cfg; }
 

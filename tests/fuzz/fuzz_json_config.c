@@ -1,4 +1,4 @@
-/* sdmoe-fuzz-libs: core unet vae
+/* sdmoe-fuzz-libs: core unet vae text_encoder sampler
  *
  * Fuzzes the diffusers config.json readers on arbitrary bytes: sd_json_load
  * (core/json, through a memfd), then every config reader that takes the
@@ -6,13 +6,19 @@
  * vae_config_from_json, core/model_arch sd_{unet,vae,clip}_arch_from_config
  * (text encoder config) and the round trip arch -> config -> arch -- and the
  * typed accessors of core/json on every key of the object.  The same object
- * is also offered as the "segmoe_config" of a UNet config.
- *
- * TODO(issue 10): add the scheduler config reader (sampler/) and the
- * text_encoder/ config reader once those modules exist. */
+ * is also offered as the "segmoe_config" of a UNet config, as a text
+ * encoder config (text_encoder/clip_text sd_clip_text_config_read) and as a
+ * scheduler_config.json: every sampler of sampler/scheduler is built from
+ * it (sd_scheduler_create, a step count taken from the input) and run for
+ * its calls on a 4-float latent. */
+#include <math.h>
+
 #include "core/json.h"
 #include "core/model_arch.h"
+#include "core/rng.h"
+#include "sampler/scheduler.h"
 #include "tests/fuzz/fuzz_common.h"
+#include "text_encoder/clip_text.h"
 #include "unet/unet.h"
 #include "vae/vae.h"
 
@@ -100,6 +106,43 @@ static void component_readers(cJSON *obj) {
     cJSON_Delete(wrap); /* deletes only the reference */
 }
 
+static void run_scheduler(sd_scheduler *s) {
+    enum { N = 4 };
+    float x[N] = {0.5f, -1.0f, 0.25f, 2.0f}, in[N], eps[N];
+    sd_rng gen;
+    sd_rng_seed(&gen, 7);
+    int calls = sd_scheduler_num_calls(s);
+    FUZZ_ASSERT(calls >= 1);
+    for (int c = 0; c < calls; c++) {
+        (void)sd_scheduler_timestep(s, c);
+        sd_scheduler_scale_model_input(s, c, x, in, N);
+        for (int i = 0; i < N; i++) eps[i] = 0.1f * in[i];
+        sd_error err = {0};
+        if (sd_scheduler_step(s, c, eps, x, &gen, &err) != 0) {
+            FUZZ_CHECK_ERROR(err);
+            return;
+        }
+    }
+}
+
+static void schedulers(const cJSON *obj, const uint8_t *data, size_t size) {
+    int steps = 1 + (int)((size ? data[size / 2] : 0) % 60);
+    for (int id = 0; id < SD_SAMPLER_COUNT; id++) {
+        for (int karras = SD_KARRAS_FROM_CONFIG; karras <= SD_KARRAS_ON; karras += 2) {
+            sd_scheduler *s = NULL;
+            sd_error err = {0};
+            if (sd_scheduler_create(&s, obj, "scheduler_config.json", (sd_sampler_id)id, karras, steps, 4, &err) ==
+                0) {
+                run_scheduler(s);
+                sd_scheduler_free(s);
+            } else {
+                FUZZ_CHECK_ERROR(err);
+                FUZZ_ASSERT(s == NULL);
+            }
+        }
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_file ff;
     fuzz_file_open(&ff, data, size);
@@ -110,6 +153,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         typed_reads(obj);
         arch_readers(obj);
         component_readers(obj);
+        sd_clip_text_config tc;
+        sd_error_clear(&err);
+        if (sd_clip_text_config_read(obj, "text_encoder/config.json", &tc, &err) == 0)
+            FUZZ_ASSERT(tc.hidden_size > 0 && tc.num_heads > 0 && tc.hidden_size % tc.num_heads == 0);
+        else
+            FUZZ_CHECK_ERROR(err);
+        schedulers(obj, data, size);
         cJSON_Delete(obj);
     } else {
         FUZZ_CHECK_ERROR(err);
