@@ -9,6 +9,7 @@
 #include "cli/render.h"
 #include "core/kernels.h"
 #include "sampler/pipeline.h"
+#include "unet/moe_stats.h"
 #include "unet/unet.h"
 
 /* Progress of one run: a bar per stage, labelled with the image number. */
@@ -17,7 +18,16 @@ typedef struct gen_progress {
     cli_progress_mode mode;
     char stage[32];
     int image, images;
+    sd_moe_stats *stats;    /* --moe-stats, NULL when off */
+    sd_error stats_err;
+    int stats_failed;
 } gen_progress;
+
+static void on_unet_call(void *ctx, int call, float timestep) {
+    gen_progress *g = ctx;
+    if (g->stats && !g->stats_failed && sd_moe_stats_record(g->stats, call, timestep, &g->stats_err))
+        g->stats_failed = 1;
+}
 
 static void on_progress(void *ctx, const char *stage, int done, int total) {
     gen_progress *g = ctx;
@@ -70,6 +80,15 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
         fprintf(stderr, "sdmoe: %dx%d, %d steps, sampler %s%s, cfg %.4g, seed %llu\n", width, height, o->steps,
                 sd_sampler_get(rs.id)->name, rs.karras_in_use ? " (karras)" : "", o->cfg_scale,
                 (unsigned long long)seed);
+    if (o->moe_stats) {
+        if (!uc->moe_enabled) {
+            sd_fail(&err, "--moe-stats: %s is not a mixture-of-experts model", m->path);
+            return fail(&err);
+        }
+        if (render_check_writable(o->moe_stats, &err) ||
+            sd_moe_stats_create(&prog->stats, sd_pipeline_unet(p), &err))
+            return fail(&err);
+    }
     for (int i = 0; i < o->batch_count; i++) {
         char path[4096];
         if (render_output_name(o->output, i, o->batch_count, path, sizeof path, &err)) return fail(&err);
@@ -80,7 +99,12 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
                                .sampler = rs.id, .karras = rs.karras, .clip_skip = o->clip_skip,
                                .syntax = syntax, .n_images = 1, .seeds = &s};
         prog->image = i;
-        sd_txt2img_hooks h = {.on_progress = on_progress, .ctx = prog};
+        sd_txt2img_hooks h = {.on_progress = on_progress, .on_unet_call = on_unet_call, .ctx = prog};
+        if (prog->stats) {
+            char label[64];
+            snprintf(label, sizeof label, "image %d seed %llu", i, (unsigned long long)s);
+            if (sd_moe_stats_begin_run(prog->stats, label, &err)) return fail(&err);
+        }
         sd_txt2img_result res;
         if (sd_pipeline_txt2img(p, &q, &h, &res, &err)) {
             progress_end(prog);
@@ -107,6 +131,11 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
         if (rc) return fail(&err);
         if (!o->quiet) fprintf(stderr, "sdmoe: wrote %s (seed %llu)\n", path, (unsigned long long)s);
         printf("%s\n", path);
+    }
+    if (prog->stats) {
+        if (prog->stats_failed) return fail(&prog->stats_err);
+        if (sd_moe_stats_write(prog->stats, o->moe_stats, &err)) return fail(&err);
+        if (!o->quiet) fprintf(stderr, "sdmoe: wrote MoE routing statistics to %s\n", o->moe_stats);
     }
     return 0;
 }
@@ -145,6 +174,7 @@ int cli_generate(int argc, char **argv) {
     progress_end(&prog);
     if (rc) return fail(&err);
     rc = render_all(p, &o, &prog);
+    sd_moe_stats_free(prog.stats);
     sd_pipeline_free(p);
     return rc;
 }

@@ -38,7 +38,21 @@ normalise() { # "safetensors" | "fuzz_safetensors" -> "fuzz_safetensors"
   echo "fuzz_$t"
 }
 
+install_clang() { # libFuzzer needs clang and its runtime (Debian packages)
+  local missing=()
+  for p in clang libclang-rt-14-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
 configure() {
+  install_clang
   if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     cmake -S "$ROOT" -B "$BUILD" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DSDMOE_FUZZ=ON -DSDMOE_SANITIZE=ON -DSDMOE_TESTS=OFF >/dev/null
