@@ -411,7 +411,11 @@ static int yaml_unet(const cJSON *y, const char *file, sd_unet_arch *a, sd_error
 }
 
 static int yaml_vae(const cJSON *y, const char *file, sd_vae_arch *a, sd_error *err) {
+    const cJSON *fsp = at(y, "model.params.first_stage_config.params");
     const cJSON *d = at(y, "model.params.first_stage_config.params.ddconfig");
+    if (fsp && cJSON_GetObjectItemCaseSensitive(fsp, "ddconfig") && !cJSON_IsObject(d))
+        return sd_fail(err, "%s: model.params.first_stage_config.params.ddconfig: expected a mapping of VAE "
+                       "settings (ch, ch_mult, ...), found an empty or scalar value", file);
     if (!d) return 0; /* SD 1.x's VAE */
     char where[512];
     snprintf(where, sizeof where, "%s (model.params.first_stage_config.params.ddconfig)", file);
