@@ -9,13 +9,50 @@
 
 #define YAML_MAX_DEPTH 64
 #define YAML_MAX_NODES 200000 /* bounds alias expansion ("billion laughs") */
+#define YAML_MAX_BYTES (64L << 20) /* scalar text after alias expansion */
 
 typedef struct conv {
     yaml_document_t *doc;
     const char *name;
     long nodes;
+    long bytes;
     sd_error *err;
 } conv;
+
+/* Tags a config may carry: the YAML core schema.  Anything else (e.g.
+ * !!python/object) is refused rather than read as a string. */
+static int standard_tag(const yaml_char_t *tag) {
+    static const char *const ok[] = {YAML_STR_TAG, YAML_INT_TAG, YAML_FLOAT_TAG, YAML_BOOL_TAG, YAML_NULL_TAG,
+                                     YAML_SEQ_TAG, YAML_MAP_TAG, NULL};
+    if (!tag) return 1;
+    for (int i = 0; ok[i]; i++)
+        if (!strcmp((const char *)tag, ok[i])) return 1;
+    return 0;
+}
+
+/* libyaml's document loader recurses without a limit on flow nesting
+ * ([[[[...), so a hostile file could hang or exhaust the stack before any
+ * depth check: measure bracket depth on the raw text first. */
+static int flow_depth_ok(const char *t, size_t len, int max_depth) {
+    int depth = 0;
+    char quote = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = t[i];
+        if (quote) {
+            if (ch == '\\' && quote == '"') i++;
+            else if (ch == quote) quote = 0;
+        } else if (ch == '"' || ch == '\'') {
+            quote = ch;
+        } else if (ch == '#') {
+            while (i < len && t[i] != '\n') i++;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > max_depth) return 0;
+        } else if ((ch == ']' || ch == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return 1;
+}
 
 static int matches_int(const char *s) {
     if (*s == '+' || *s == '-') s++;
@@ -99,8 +136,19 @@ static cJSON *node_to_json(conv *c, int index, int depth) {
                 (unsigned long)n->start_mark.line + 1, YAML_MAX_DEPTH, YAML_MAX_NODES);
         return NULL;
     }
+    if (!standard_tag(n->tag)) {
+        sd_fail(c->err, "%s: line %lu: YAML tag '%.64s' is not allowed in a config", c->name,
+                (unsigned long)n->start_mark.line + 1, (const char *)n->tag);
+        return NULL;
+    }
     switch (n->type) {
     case YAML_SCALAR_NODE:
+        c->bytes += (long)n->data.scalar.length;
+        if (c->bytes > YAML_MAX_BYTES) {
+            sd_fail(c->err, "%s: line %lu: YAML expands to more than %ld MB of text (an alias bomb?)", c->name,
+                    (unsigned long)n->start_mark.line + 1, YAML_MAX_BYTES >> 20);
+            return NULL;
+        }
         return scalar_to_json(n);
     case YAML_SEQUENCE_NODE: {
         cJSON *arr = cJSON_CreateArray();
@@ -126,6 +174,8 @@ int ldm_yaml_parse(const char *text, size_t len, const char *name, cJSON **out, 
     *out = NULL;
     yaml_parser_t parser;
     yaml_document_t doc;
+    if (!flow_depth_ok(text, len, YAML_MAX_DEPTH))
+        return sd_fail(err, "%s: YAML nested deeper than %d levels", name, YAML_MAX_DEPTH);
     if (!yaml_parser_initialize(&parser)) return sd_fail(err, "%s: cannot initialise the YAML parser", name);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
@@ -142,7 +192,7 @@ int ldm_yaml_parse(const char *text, size_t len, const char *name, cJSON **out, 
     if (!root || root->type != YAML_MAPPING_NODE) {
         sd_fail(err, "%s: expected a YAML mapping at the top level", name);
     } else {
-        conv c = {&doc, name, 0, err};
+        conv c = {&doc, name, 0, 0, err};
         *out = node_to_json(&c, 1, 0);
         if (*out) rc = 0;
         else if (!err || !err->code) sd_fail(err, "%s: out of memory converting YAML", name);

@@ -83,8 +83,11 @@ static int charge(yaml_ctx *c, long n, const yaml_mark_t *m) {
     return 0;
 }
 
+/* Cost of a (sub)tree for the expansion budget: one per node plus one per
+ * 256 bytes of string, so aliasing a long string is charged for its text. */
 static long count_nodes(const cJSON *n) {
     long k = 1;
+    if (cJSON_IsString(n) && n->valuestring) k += (long)(strlen(n->valuestring) / 256);
     for (const cJSON *ch = n->child; ch; ch = ch->next) k += count_nodes(ch);
     return k;
 }
