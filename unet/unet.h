@@ -64,6 +64,13 @@ typedef struct sd_unet_config {
     float resnet_out_scale_factor;       /* 1.0 */
     float mid_block_scale_factor;        /* 1.0 */
     int center_input_sample;             /* false */
+    /* SDXL added conditioning (addition_embed_type "text_time"; 0 = none):
+     * aug = add_embedding(cat(text_embeds, add_time_proj(time_ids))) */
+    int add_text_time;
+    int addition_time_embed_dim;         /* 256 for SDXL: sinusoid width per time id */
+    int add_embed_in;                    /* projection_class_embeddings_input_dim (2816) */
+    int add_n_time_ids;                  /* 6: original h, w, crop top, left, target h, w */
+    int add_text_dim;                    /* add_embed_in - 6 * addition_time_embed_dim (pooled width, 1280) */
     /* SegMoE ("segmoe_config" object; absent -> moe_enabled 0) */
     int moe_enabled;
     int moe_num_experts, moe_top_k;      /* num_experts, num_experts_per_tok */
@@ -142,7 +149,8 @@ typedef struct sd_unet sd_unet;
 
 /* Called with an intermediate in NHWC [n, h, w, c] (time_proj / time_embedding
  * as [1, 1, 1, c]: one embedding for the whole batch).  Names as in the
- * fixtures: time_proj, time_embedding, conv_in, down_blocks.<i>.hidden_states,
+ * fixtures: time_proj, time_embedding, (text_time models, [n,1,1,c]: add_time_proj,
+ * add_embedding_input, add_embedding, emb), conv_in, down_blocks.<i>.hidden_states,
  * down_blocks.<i>.res_samples.<j>, mid_block, up_blocks.<i>, conv_norm_out, conv_out. */
 typedef void (*sd_unet_capture_fn)(void *ctx, const char *name, const float *nhwc, int64_t n,
                                    int64_t h, int64_t w, int64_t c);
@@ -163,6 +171,16 @@ int sd_unet_reserve(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, 
 /* Computes and caches attn2 K/V of every transformer block for context
  * [n, n_ctx, cross_attention_dim] (constant over a request's steps). */
 int sd_unet_set_context(sd_unet *u, const float *context, int64_t n, int64_t n_ctx, sd_error *err);
+
+/* SDXL "text_time" conditioning, constant over a request's steps like the
+ * context: text_embeds [n, add_text_dim] (text_encoder_2's pooled, projected
+ * embedding) and time_ids [n, add_n_time_ids] (float: original h, w, crop top,
+ * left, target h, w).  Caches aug = add_embedding(cat(text_embeds,
+ * sinusoid(time_ids))) per row; every forward then uses emb = time_embedding(t)
+ * + aug[row].  Required (same n) before forward on a text_time model; an error
+ * on a model without added conditioning. */
+int sd_unet_set_added_cond(sd_unet *u, const float *text_embeds, const float *time_ids, int64_t n,
+                           sd_error *err);
 
 /* eps NCHW [n, out_channels, h, w] = UNet(sample NCHW [n, in_channels, h, w],
  * timestep (shared by the batch, may be fractional), context).  context =

@@ -95,10 +95,9 @@ static int parse_block_types(sd_unet_config *c, const cJSON *j, const char *file
 }
 
 static int parse_unsupported(const cJSON *j, const char *file, sd_error *err) {
-    static const char *nulls[] = {"addition_embed_type", "class_embed_type", "encoder_hid_dim",
-                                  "encoder_hid_dim_type", "time_cond_proj_dim", "timestep_post_act",
-                                  "time_embedding_act_fn", "num_class_embeds", "cross_attention_norm",
-                                  "projection_class_embeddings_input_dim"};
+    static const char *nulls[] = {"class_embed_type", "encoder_hid_dim", "encoder_hid_dim_type",
+                                  "time_cond_proj_dim", "timestep_post_act", "time_embedding_act_fn",
+                                  "num_class_embeds", "cross_attention_norm"};
     for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
         if (require_null(j, file, nulls[i], err)) return -1;
     if (require_string(j, file, "act_fn", "silu", err)) return -1;
@@ -110,6 +109,40 @@ static int parse_unsupported(const cJSON *j, const char *file, sd_error *err) {
     if (require_false(j, file, "dual_cross_attention", err)) return -1;
     if (require_false(j, file, "resnet_skip_time_act", err)) return -1;
     if (require_false(j, file, "class_embeddings_concat", err)) return -1;
+    return 0;
+}
+
+/* SDXL's added conditioning (unet_2d_condition.py, addition_embed_type
+ * "text_time"): add_time_proj = Timesteps(addition_time_embed_dim) of each of
+ * the 6 time ids, add_embedding = TimestepEmbedding(projection_class_
+ * embeddings_input_dim -> time_embed_dim); the pooled text width is what the
+ * input dim leaves after the 6 sinusoids. */
+static int parse_added_cond(sd_unet_config *c, const cJSON *j, const char *file, sd_error *err) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "addition_embed_type");
+    if (!t || cJSON_IsNull(t)) {
+        c->add_text_time = 0;
+        return require_null(j, file, "projection_class_embeddings_input_dim", err);
+    }
+    char type[32];
+    if (sd_json_string(j, file, "addition_embed_type", "", type, sizeof type, err)) return -1;
+    if (strcmp(type, "text_time") != 0)
+        return sd_fail(err, "%s: key 'addition_embed_type': \"%s\" is not supported (null or \"text_time\")",
+                       file, type);
+    if (!sd_json_has(j, "addition_time_embed_dim") || !sd_json_has(j, "projection_class_embeddings_input_dim"))
+        return sd_fail(err, "%s: addition_embed_type \"text_time\" needs 'addition_time_embed_dim' and "
+                       "'projection_class_embeddings_input_dim'", file);
+    if (sd_json_int(j, file, "addition_time_embed_dim", 0, &c->addition_time_embed_dim, err) ||
+        sd_json_int(j, file, "projection_class_embeddings_input_dim", 0, &c->add_embed_in, err))
+        return -1;
+    c->add_text_time = 1;
+    c->add_n_time_ids = 6;
+    if (c->addition_time_embed_dim < 2 || c->addition_time_embed_dim > 65536 || c->add_embed_in > 1 << 20)
+        return sd_fail(err, "%s: key 'addition_time_embed_dim': expected an integer between 2 and 65536", file);
+    c->add_text_dim = c->add_embed_in - c->add_n_time_ids * c->addition_time_embed_dim;
+    if (c->add_text_dim < 1)
+        return sd_fail(err, "%s: key 'projection_class_embeddings_input_dim': %d leaves no room for the pooled "
+                       "text embedding after 6 x addition_time_embed_dim (%d)", file, c->add_embed_in,
+                       c->addition_time_embed_dim);
     return 0;
 }
 
@@ -202,5 +235,6 @@ int sd_unet_config_parse(sd_unet_config *c, const cJSON *j, const char *file, sd
             return sd_fail(err, "%s: block_out_channels[%d] = %d is not a multiple of the head count %d", file, i,
                            ch, c->heads[i]);
     }
+    if (parse_added_cond(c, j, file, err)) return -1;
     return parse_segmoe(c, j, file, err);
 }

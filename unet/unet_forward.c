@@ -155,25 +155,90 @@ static void capture(sd_unet *u, const char *name, const float *x, int64_t n, int
 
 /* diffusers get_timestep_embedding (embeddings.py) in float32: exponent =
  * -ln(10000) * k / (half - freq_shift), arg = t * exp(exponent), [sin | cos]
- * ([cos | sin] with flip_sin_to_cos), zero pad for odd dims; then
- * TimestepEmbedding: linear_1 -> SiLU -> linear_2. */
-static void time_embedding(sd_unet *u, float t) {
-    int64_t dim = u->cfg.block_out_channels[0], half = dim / 2;
+ * ([cos | sin] with flip_sin_to_cos), zero pad for odd dims.  Used for
+ * time_proj (dim c0) and SDXL's add_time_proj (dim addition_time_embed_dim,
+ * same flip and shift). */
+static void sinusoid(const sd_unet_config *c, float t, int64_t dim, float *out) {
+    int64_t half = dim / 2;
     const float neg_log = (float)-log(10000.0);
     for (int64_t k = 0; k < half; k++) {
         float e = neg_log * (float)k;
-        e = e / ((float)half - u->cfg.freq_shift);
+        e = e / ((float)half - c->freq_shift);
         float arg = t * expf(e);
         float s = (float)sin((double)arg), co = (float)cos((double)arg);
-        u->tproj[u->cfg.flip_sin_to_cos ? k : half + k] = co;
-        u->tproj[u->cfg.flip_sin_to_cos ? half + k : k] = s;
+        out[c->flip_sin_to_cos ? k : half + k] = co;
+        out[c->flip_sin_to_cos ? half + k : k] = s;
     }
-    if (dim % 2) u->tproj[dim - 1] = 0.0f;
+    if (dim % 2) out[dim - 1] = 0.0f;
+}
+
+/* Grows the per-row time-embedding vectors to `rows` (per request, never in
+ * the step loop: forward only uses rows that sd_unet_set_added_cond sized). */
+static int temb_rows_ensure(sd_unet *u, int64_t rows, sd_error *err) {
+    if (rows <= u->temb_rows_cap) return 0;
     int64_t te = u->cfg.time_embed_dim;
+    float *a = realloc(u->temb, (size_t)(rows * te) * sizeof(float));
+    if (a) u->temb = a;
+    float *b = a ? realloc(u->temb_act, (size_t)(rows * te) * sizeof(float)) : NULL;
+    if (b) u->temb_act = b;
+    float *v = b ? realloc(u->tvec, (size_t)(rows * u->maxc) * sizeof(float)) : NULL;
+    if (v) u->tvec = v;
+    if (!v) return sd_fail(err, "unet: out of memory for the time embeddings");
+    u->temb_rows_cap = rows;
+    return 0;
+}
+
+/* TimestepEmbedding: linear_1 -> SiLU -> linear_2 of time_proj(t) into temb0;
+ * emb rows = temb0 (+ aug[row] for text_time models); temb_act = SiLU(emb),
+ * which every resnet feeds to its time_emb_proj.  Returns the row count. */
+static int64_t time_embedding(sd_unet *u, float t, int64_t n) {
+    int64_t te = u->cfg.time_embed_dim;
+    sinusoid(&u->cfg, t, u->cfg.block_out_channels[0], u->tproj);
     sd_dense_forward(&u->time_lin1, u->tproj, 1, u->temb_act);
     sd_silu(u->temb_act, u->temb_act, te);
-    sd_dense_forward(&u->time_lin2, u->temb_act, 1, u->temb);
-    sd_silu(u->temb, u->temb_act, te); /* every resnet applies SiLU before time_emb_proj */
+    sd_dense_forward(&u->time_lin2, u->temb_act, 1, u->temb0);
+    int64_t rows = u->cfg.add_text_time ? n : 1;
+    for (int64_t r = 0; r < rows; r++) {
+        float *e = u->temb + r * te;
+        const float *aug = u->cfg.add_text_time ? u->aug + r * te : NULL;
+        for (int64_t k = 0; k < te; k++) e[k] = aug ? u->temb0[k] + aug[k] : u->temb0[k];
+    }
+    sd_silu(u->temb, u->temb_act, rows * te);
+    return rows;
+}
+
+int sd_unet_set_added_cond(sd_unet *u, const float *text_embeds, const float *time_ids, int64_t n,
+                           sd_error *err) {
+    const sd_unet_config *c = &u->cfg;
+    if (!c->add_text_time)
+        return sd_fail(err, "unet: added conditioning given to a model without addition_embed_type \"text_time\"");
+    if (n < 1 || !text_embeds || !time_ids) return sd_fail(err, "unet: added conditioning: need n >= 1 and both inputs");
+    u->aug_n = 0;
+    int64_t te = c->time_embed_dim, din = c->add_embed_in, td = c->addition_time_embed_dim;
+    if (temb_rows_ensure(u, n, err)) return -1;
+    int64_t tdim = c->add_n_time_ids * td;
+    float *aug = realloc(u->aug, (size_t)(n * te) * sizeof(float));
+    if (aug) u->aug = aug;
+    float *in = aug ? malloc((size_t)(n * (din + tdim + te)) * sizeof(float)) : NULL;
+    if (!in) return sd_fail(err, "unet: out of memory for the added conditioning");
+    float *tp = in + n * din, *mid = tp + n * tdim;
+    /* add_time_proj(time_ids.flatten()).reshape(n, -1); add_embeds = cat([text_embeds, that]): pooled first */
+    for (int64_t r = 0; r < n; r++)
+        for (int i = 0; i < c->add_n_time_ids; i++)
+            sinusoid(c, time_ids[r * c->add_n_time_ids + i], td, tp + r * tdim + i * td);
+    for (int64_t r = 0; r < n; r++) {
+        memcpy(in + r * din, text_embeds + r * c->add_text_dim, (size_t)c->add_text_dim * sizeof(float));
+        memcpy(in + r * din + c->add_text_dim, tp + r * tdim, (size_t)tdim * sizeof(float));
+    }
+    capture_ex(u, "add_time_proj", tp, 1, n, 1, 1, tdim);
+    capture_ex(u, "add_embedding_input", in, 1, n, 1, 1, din);
+    sd_dense_forward(&u->add_lin1, in, n, mid);
+    sd_silu(mid, mid, n * te);
+    sd_dense_forward(&u->add_lin2, mid, n, u->aug);
+    capture_ex(u, "add_embedding", u->aug, 1, n, 1, 1, te);
+    free(in);
+    u->aug_n = n;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ resnet */
@@ -190,8 +255,13 @@ static int run_resnet(sd_unet *u, sd_unet_resnet *r, const float *x, int64_t n, 
     int64_t y_floats = act_floats(u, n, r->c_out, hw);
     sd_group_norm_ex(x, blk, ws->t1, blk, n, hw, r->c_in, G, eps, r->norm1_w.data, r->norm1_b.data, 1);
     if (sd_conv2d_forward_blk(r->conv1, ws->t1, blk, n, h, w, ws->t2, 0, err)) return -1;
-    sd_dense_forward(&r->time_emb_proj, u->temb_act, 1, u->tvec);
-    sd_add_channel_vec(ws->t2, blk, n, r->c_out, hw, u->tvec);
+    sd_dense_forward(&r->time_emb_proj, u->temb_act, u->temb_rows, u->tvec);
+    if (u->temb_rows == 1) {
+        sd_add_channel_vec(ws->t2, blk, n, r->c_out, hw, u->tvec);
+    } else { /* one time embedding per batch item (text_time) */
+        int64_t item = act_floats(u, 1, r->c_out, hw);
+        for (int64_t i = 0; i < n; i++) sd_add_channel_vec(ws->t2 + i * item, blk, 1, r->c_out, hw, u->tvec + i * r->c_out);
+    }
     sd_group_norm_ex(ws->t2, blk, ws->t1, blk, n, hw, r->c_out, G, eps, r->norm2_w.data, r->norm2_b.data, 1);
     if (r->conv_shortcut) {
         if (sd_conv2d_forward_blk(r->conv_shortcut, x, blk, n, h, w, y, 0, err)) return -1;
@@ -418,9 +488,10 @@ static int unet_run(sd_unet *u, const float *sample, int64_t n, int64_t h, int64
     const sd_unet_config *c = &u->cfg;
     unet_workspace *ws = &u->ws;
     int64_t c0 = c->block_out_channels[0], hw = h * w;
-    time_embedding(u, timestep);
+    u->temb_rows = time_embedding(u, timestep, n);
     capture_ex(u, "time_proj", u->tproj, 1, 1, 1, 1, c0);
-    capture_ex(u, "time_embedding", u->temb, 1, 1, 1, 1, c->time_embed_dim);
+    capture_ex(u, "time_embedding", u->temb0, 1, 1, 1, 1, c->time_embed_dim);
+    if (c->add_text_time) capture_ex(u, "emb", u->temb, 1, n, 1, 1, c->time_embed_dim);
 
     int blk = u->blk;
     const float *src = sample;
@@ -461,6 +532,9 @@ int sd_unet_forward_ex(sd_unet *u, const float *sample, int64_t n, int64_t h, in
         return sd_fail(err, "unet: forward: no cached context for a batch of %lld (call sd_unet_set_context)",
                        (long long)n);
     }
+    if (u->cfg.add_text_time && u->aug_n != n)
+        return sd_fail(err, "unet: forward: this SDXL-type UNet needs the added conditioning (text_embeds, time_ids) "
+                       "for a batch of %lld (call sd_unet_set_added_cond)", (long long)n);
     if (workspace_ensure(u, n, h, w, u->ctx_tokens, err)) return -1;
     return unet_run(u, sample, n, h, w, timestep, out, err);
 }

@@ -24,6 +24,8 @@ struct sd_unet {
     sd_unet_config cfg;
     sd_dense time_lin1;              /* time_embedding.linear_1 [temb, c0] + bias */
     sd_dense time_lin2;              /* time_embedding.linear_2 [temb, temb] + bias */
+    sd_dense add_lin1;               /* text_time only: add_embedding.linear_1 [temb, add_embed_in] + bias */
+    sd_dense add_lin2;               /* text_time only: add_embedding.linear_2 [temb, temb] + bias */
     sd_tensor conv_in_w, conv_in_b;  /* conv_in [c0, in, k, k] */
     sd_conv2d *conv_in;
     sd_unet_block down[SD_UNET_MAX_LEVELS];
@@ -37,8 +39,15 @@ struct sd_unet {
     sd_unet_tblock **tblocks;        /* forward order */
     int n_moe;
 
-    /* small per-call vectors */
-    float *tproj, *temb, *temb_act, *tvec; /* [c0], [temb], [temb], [max channels] */
+    /* small per-call vectors; emb has one row for the whole batch, or one per
+     * batch item when added conditioning makes the rows differ */
+    float *tproj, *temb0;            /* [c0], [temb]: time_proj(t), time_embedding(.) */
+    float *temb, *temb_act, *tvec;   /* [rows, temb], [rows, temb], [rows, max channels] */
+    int64_t temb_rows_cap;           /* rows temb/temb_act/tvec have room for */
+    int64_t temb_rows;               /* rows of the current forward: 1, or n for text_time */
+    float *aug;                      /* text_time: add_embedding output [aug_n, temb] */
+    int64_t aug_n;                   /* rows of aug (0 = not set) */
+    int64_t maxc;                    /* widest tvec row */
 
     int blk;                         /* activation layout (core/kernels.h): sd_preferred_layout() */
     float *cap_buf;                  /* NHWC copy for the capture callback (tests only) */

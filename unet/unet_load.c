@@ -274,6 +274,10 @@ static int unet_bind_all(loader *L) {
     if (bind_dense(L, &u->time_lin1, "time_embedding.linear_1", c->time_embed_dim, c0, 1) ||
         bind_dense(L, &u->time_lin2, "time_embedding.linear_2", c->time_embed_dim, c->time_embed_dim, 1))
         return -1;
+    if (c->add_text_time &&
+        (bind_dense(L, &u->add_lin1, "add_embedding.linear_1", c->time_embed_dim, c->add_embed_in, 1) ||
+         bind_dense(L, &u->add_lin2, "add_embedding.linear_2", c->time_embed_dim, c->time_embed_dim, 1)))
+        return -1;
     for (int l = 0; l < c->n_levels; l++)
         if (bind_down(L, l)) return -1;
     if (c->mid_block && bind_mid(L)) return -1;
@@ -295,11 +299,14 @@ int sd_unet_load(sd_unet **out, const sd_unet_config *cfg, sd_binder *b, sd_erro
     int64_t maxc = cfg->time_embed_dim;
     for (int l = 0; l < cfg->n_levels; l++)
         if (cfg->block_out_channels[l] > maxc) maxc = cfg->block_out_channels[l];
+    u->maxc = maxc;
     u->tproj = calloc((size_t)cfg->block_out_channels[0], sizeof(float));
+    u->temb0 = calloc((size_t)cfg->time_embed_dim, sizeof(float));
     u->temb = calloc((size_t)cfg->time_embed_dim, sizeof(float));
     u->temb_act = calloc((size_t)cfg->time_embed_dim, sizeof(float));
     u->tvec = calloc((size_t)maxc, sizeof(float));
-    if (!u->tproj || !u->temb || !u->temb_act || !u->tvec) {
+    u->temb_rows_cap = 1;
+    if (!u->tproj || !u->temb0 || !u->temb || !u->temb_act || !u->tvec) {
         sd_unet_free(u);
         return sd_fail(err, "unet: out of memory");
     }
@@ -352,6 +359,8 @@ void sd_unet_free(sd_unet *u) {
     free_block(&u->mid);
     free(u->tblocks);
     free(u->tproj);
+    free(u->temb0);
+    free(u->aug);
     free(u->temb);
     free(u->temb_act);
     free(u->tvec);
