@@ -137,6 +137,8 @@ void bench_inventory_free(bench_inventory *inv);
  * moe_top_k, moe_layers "all", down 0..3, up 1..4}. */
 cJSON *bench_unet_config_json(int moe_experts, int moe_top_k);
 cJSON *bench_vae_config_json(void);
+/* SDXL base 1.0's UNet config (text_time conditioning, depths 1/2/10). */
+cJSON *bench_sdxl_unet_config_json(void);
 cJSON *bench_clip_config_json(void);
 
 /* Tensor inventory of a parsed UNet config (SegMoE key names where
@@ -175,6 +177,15 @@ int bench_sgemm_gflops(int64_t n, int reps, bench_timing *t, double *gflops, sd_
 /* OpenBLAS vs oneDNN on SD's GEMM shapes; adds "gemm_study" to json (may
  * be NULL) and prints a table when print. */
 int bench_gemm_study(int threads, cJSON *json, int print, sd_error *err);
+
+/* ------------------------------------------------------------------- SDXL */
+
+/* One SDXL-shaped UNet CFG step (batch 2, 128x128 latent = 1024^2, 77
+ * context tokens of 2048, pooled 1280 + 6 time ids) with random f32 weights
+ * written once to dir/sdxl_unet_f32.safetensors (~10 GB).  Prints a summary
+ * when print; adds "sdxl" {...} to json when json != NULL. */
+int bench_sdxl_step(const char *dir, int fresh, int warmup, int reps, double peak_gflops, int print, cJSON *json,
+                    sd_error *err);
 
 /* -------------------------------------------------------------- breakdown */
 

@@ -69,6 +69,34 @@ cJSON *bench_unet_config_json(int moe_experts, int moe_top_k) {
     return j;
 }
 
+/* stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (diffusers keys). */
+cJSON *bench_sdxl_unet_config_json(void) {
+    cJSON *j = cJSON_CreateObject();
+    const int bo[3] = {320, 640, 1280}, heads[3] = {5, 10, 20}, depth[3] = {1, 2, 10};
+    const char *down[3] = {"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"};
+    const char *up[3] = {"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"};
+    cJSON_AddStringToObject(j, "_class_name", "UNet2DConditionModel");
+    cJSON_AddStringToObject(j, "_diffusers_version", "0.27.2");
+    cJSON_AddStringToObject(j, "act_fn", "silu");
+    cJSON_AddStringToObject(j, "addition_embed_type", "text_time");
+    cJSON_AddNumberToObject(j, "addition_embed_type_num_heads", 64);
+    cJSON_AddNumberToObject(j, "addition_time_embed_dim", 256);
+    cJSON_AddItemToObject(j, "attention_head_dim", cJSON_CreateIntArray(heads, 3));
+    cJSON_AddItemToObject(j, "block_out_channels", cJSON_CreateIntArray(bo, 3));
+    cJSON_AddNumberToObject(j, "cross_attention_dim", 2048);
+    cJSON_AddItemToObject(j, "down_block_types", cJSON_CreateStringArray(down, 3));
+    cJSON_AddNumberToObject(j, "in_channels", 4);
+    cJSON_AddNumberToObject(j, "layers_per_block", 2);
+    cJSON_AddNumberToObject(j, "norm_num_groups", 32);
+    cJSON_AddNumberToObject(j, "out_channels", 4);
+    cJSON_AddNumberToObject(j, "projection_class_embeddings_input_dim", 2816);
+    cJSON_AddNumberToObject(j, "sample_size", 128);
+    cJSON_AddItemToObject(j, "transformer_layers_per_block", cJSON_CreateIntArray(depth, 3));
+    cJSON_AddItemToObject(j, "up_block_types", cJSON_CreateStringArray(up, 3));
+    cJSON_AddBoolToObject(j, "use_linear_projection", 1);
+    return j;
+}
+
 /* runwayml/stable-diffusion-v1-5 vae/config.json. */
 cJSON *bench_vae_config_json(void) {
     cJSON *j = cJSON_CreateObject();
@@ -414,6 +442,14 @@ int bench_unet_arch(const sd_unet_config *c, bench_inventory *inv, bench_oplist 
     W_T(&W, BI_BIAS, 1, temb, 0, 0, 0, "time_embedding.linear_2.bias");
     W_OP(&W, BOP_LINEAR, 0, 1, c0, temb, 1, 0, 0, 0, 0);
     W_OP(&W, BOP_LINEAR, 0, 1, temb, temb, 1, 0, 0, 0, 0);
+    if (c->add_text_time) { /* SDXL add_embedding, once per request (constant over the steps) */
+        W_T(&W, BI_WEIGHT, 2, temb, c->add_embed_in, 0, 0, "add_embedding.linear_1.weight");
+        W_T(&W, BI_BIAS, 1, temb, 0, 0, 0, "add_embedding.linear_1.bias");
+        W_T(&W, BI_WEIGHT, 2, temb, temb, 0, 0, "add_embedding.linear_2.weight");
+        W_T(&W, BI_BIAS, 1, temb, 0, 0, 0, "add_embedding.linear_2.bias");
+        W_OP(&W, BOP_LINEAR, 1, n, c->add_embed_in, temb, 1, 0, 0, 0, 0);
+        W_OP(&W, BOP_LINEAR, 1, n, temb, temb, 1, 0, 0, 0, 0);
+    }
     for (int l = 0; l < nl; l++) {
         int64_t in = c->block_out_channels[l > 0 ? l - 1 : 0], out = c->block_out_channels[l];
         int cross = c->down_kind[l] == SD_UNET_BLOCK_CROSS_ATTN;

@@ -35,7 +35,7 @@
 
 typedef struct opts {
     int threads, json, quick, gemm_study, inventory, breakdown_only, reps, warmup, fresh, delete_weights;
-    int breakdown, moe, vae, text;
+    int breakdown, moe, vae, text, sdxl;
     double wait_idle_s;
     char dir[900];
     char tokenizer[900];
@@ -50,6 +50,8 @@ static void usage(FILE *f) {
             "  --quick             only the SGEMM probe and the 256^2 UNet CFG step (< 1 min once the\n"
             "                      weights exist)\n"
             "  --gemm-study        only the OpenBLAS vs oneDNN study on SD's GEMM shapes (+ the FMA peak)\n"
+            "  --sdxl              only an SDXL-shaped UNet CFG step at 1024^2 (+ the FMA peak); writes\n"
+            "                      a 9.6 GB f32 weight file once, ~10 GB of memory, minutes per step\n"
             "  --inventory         print parameter and MAC counts of the SD1.5 shapes, run nothing\n"
             "  --breakdown-only    only the per-operation replay of the 512^2 step (no weights needed)\n"
             "  --reps N            timed calls per figure, median reported (default 3, min 3 for\n"
@@ -95,6 +97,7 @@ static int parse_args(opts *o, int argc, char **argv) {
         else if (!strcmp(a, "--quick")) o->quick = 1;
         else if (!strcmp(a, "--gemm-study")) o->gemm_study = 1;
         else if (!strcmp(a, "--inventory")) o->inventory = 1;
+        else if (!strcmp(a, "--sdxl")) o->sdxl = 1;
         else if (!strcmp(a, "--breakdown-only")) o->breakdown_only = 1;
         else if (!strcmp(a, "--fresh-weights")) o->fresh = 1;
         else if (!strcmp(a, "--delete-weights")) o->delete_weights = 1;
@@ -865,6 +868,21 @@ int main(int argc, char **argv) {
         bench_loadavg(B.load_end);
         if (B.o.json) emit_json(&B);
         else emit_table(&B);
+        goto done;
+    }
+    if (B.o.sdxl) {
+        B.peak = bench_peak_gflops(B.o.threads, bench_vector_bits(), &B.peak_median);
+        cJSON *j = B.o.json ? cJSON_CreateObject() : NULL;
+        if (j) cJSON_AddNumberToObject(j, "threads", B.o.threads), cJSON_AddNumberToObject(j, "peak_gflops", B.peak);
+        else printf("fp32 FMA peak: %.1f GFLOP/s (%d threads)\n", B.peak, B.o.threads);
+        int src = bench_sdxl_step(B.o.dir, B.o.fresh, B.o.warmup, B.o.reps, B.peak, !B.o.json, j, &B.err);
+        if (j && !src) {
+            char *txt = cJSON_Print(j);
+            if (txt) puts(txt);
+            free(txt);
+        }
+        cJSON_Delete(j);
+        if (src) goto fail;
         goto done;
     }
     if (B.o.gemm_study) {
