@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/kernels.h"
+#include "core/memory.h"
 
 /* ----------------------------------------------------- shared engine/stream */
 
@@ -54,8 +55,30 @@ typedef struct conv_entry {
 /* Weights in one oneDNN format (normally exactly one per conv). */
 typedef struct conv_weights {
     dnnl_memory_desc_t md;
-    dnnl_memory_t mem; /* owns its buffer */
+    dnnl_memory_t mem; /* a view of `own` (or, for copy 0 while loading, of the caller's weights) */
+    void *own;         /* sd_big_alloc'd buffer of own_bytes, NULL for a view */
+    size_t own_bytes;
 } conv_weights;
+
+/* A weights memory of format md on a buffer of our own (huge pages: see core/memory.h). */
+static int weights_mem_alloc(conv_weights *w, const dnnl_memory_desc_t *md) {
+    w->md = *md;
+    w->own_bytes = dnnl_memory_desc_get_size(md);
+    w->own = sd_big_alloc(w->own_bytes);
+    if (!w->own) return -1;
+    if (dnnl_memory_create(&w->mem, md, g_engine, w->own) != dnnl_success) {
+        sd_big_free(w->own, w->own_bytes);
+        w->own = NULL, w->mem = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void weights_mem_free(conv_weights *w) {
+    if (w->mem) dnnl_memory_destroy(w->mem);
+    sd_big_free(w->own, w->own_bytes);
+    w->mem = NULL, w->own = NULL;
+}
 
 struct sd_conv2d {
     sd_conv2d_desc d;
@@ -167,8 +190,7 @@ static int conv_weights_get(sd_conv2d *c, const dnnl_memory_desc_t *md, int *ind
     if (c->n_wts == (int)(sizeof c->wts / sizeof c->wts[0]))
         return sd_fail(err, "core/conv2d: too many weight formats for one convolution");
     conv_weights *nw = &c->wts[c->n_wts];
-    nw->md = *md;
-    CHECK(dnnl_memory_create(&nw->mem, md, g_engine, DNNL_MEMORY_ALLOCATE), "weights memory");
+    if (weights_mem_alloc(nw, md)) return sd_fail(err, "core/conv2d: out of memory for the weights");
     const conv_weights *from = &c->wts[0];
     dnnl_primitive_desc_t rpd;
     CHECK(dnnl_reorder_primitive_desc_create(&rpd, &from->md, g_engine, md, g_engine, NULL),
@@ -296,10 +318,8 @@ int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weig
     dnnl_memory_t view = c->wts[0].mem;
     if (idx != 0) { /* the preferred copy becomes the only one */
         c->wts[0] = c->wts[idx];
-    } else if (dnnl_memory_create(&c->wts[0].mem, &c->wts[0].md, g_engine, DNNL_MEMORY_ALLOCATE) == dnnl_success) {
-        void *h0 = NULL; /* oihw is preferred: own a copy */
-        dnnl_memory_get_data_handle(c->wts[0].mem, &h0);
-        memcpy(h0, weight, (size_t)(d->c_out * d->c_in * d->kh * d->kw) * sizeof(float));
+    } else if (weights_mem_alloc(&c->wts[0], &c->wts[0].md) == 0) { /* oihw is preferred: own a copy */
+        memcpy(c->wts[0].own, weight, (size_t)(d->c_out * d->c_in * d->kh * d->kw) * sizeof(float));
     } else {
         c->wts[0].mem = NULL;
     }
@@ -326,7 +346,7 @@ void sd_conv2d_free(sd_conv2d *c) {
     }
     free(c->entries);
     for (int i = 0; i < c->n_wts; i++)
-        if (c->wts[i].mem) dnnl_memory_destroy(c->wts[i].mem);
+        weights_mem_free(&c->wts[i]);
     free(c->bias);
     free(c);
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/memory.h"
 #include "unet/unet_internal.h"
 
 #define MAX_SKIPS 256
@@ -90,8 +91,8 @@ static int workspace_ensure(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t
                     pad16(p.attn);
     unet_workspace *ws = &u->ws;
     if ((size_t)total > ws->floats) {
-        free(ws->base);
-        ws->base = aligned_alloc(64, (size_t)total * sizeof(float));
+        sd_big_free(ws->base, ws->floats * sizeof(float));
+        ws->base = sd_big_alloc((size_t)total * sizeof(float));
         ws->floats = ws->base ? (size_t)total : 0;
         if (!ws->base)
             return sd_fail(err, "unet: out of memory for a %lld x %lld x %lld workspace (%lld MB)", (long long)n,

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/memory.h"
 #include "unet/moe_layer.h"
 #include "unet/unet_internal.h"
 
@@ -364,7 +365,7 @@ void sd_unet_free(sd_unet *u) {
     free(u->temb);
     free(u->temb_act);
     free(u->tvec);
-    free(u->ws.base);
+    sd_big_free(u->ws.base, u->ws.floats * sizeof(float));
     free(u->cap_buf);
     free(u);
 }
