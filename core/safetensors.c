@@ -282,6 +282,22 @@ void st_close(st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
+int64_t st_release_pages(const st_file *f, const void *p, size_t nbytes) {
+    if (!f || !f->map || !p) return -1;
+    uintptr_t lo = (uintptr_t)f->map, hi = lo + f->map_size, a = (uintptr_t)p;
+    /* only a range wholly inside the read-only file mapping: never heap
+     * memory, where MADV_DONTNEED would zero live data */
+    if (a < lo || a > hi || nbytes > hi - a) return -1;
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t first = (a + page - 1) & ~(page - 1), last = (a + nbytes) & ~(page - 1);
+    if (last <= first) return 0; /* no whole page inside: neighbours share them */
+    /* the mapping is PROT_READ + MAP_PRIVATE and never written, so no private
+     * copies exist: a later read faults the file's bytes back in */
+    if (madvise((void *)first, (size_t)(last - first), MADV_DONTNEED) != 0) return 0;
+    return (int64_t)(last - first);
+}
+
 const st_tensor *st_find(const st_file *f, const char *name) {
     st_tensor key = {.name = (char *)name};
     return bsearch(&key, f->tensors, (size_t)f->n_tensors, sizeof(st_tensor), cmp_tensor_name);

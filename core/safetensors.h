@@ -59,6 +59,17 @@ const st_tensor *st_find(const st_file *f, const char *name);
 /* Value of a __metadata__ key, or NULL. */
 const char *st_metadata(const st_file *f, const char *key);
 
+/* Drops this process's resident pages of [p, p + nbytes) when the range lies
+ * wholly inside f's mapping (madvise MADV_DONTNEED on the whole pages inside
+ * it; partial pages at either end are shared with neighbouring tensors and
+ * kept).  For a tensor whose values have been copied elsewhere (a reordered
+ * or converted copy): its file pages then stop counting in the RSS.  Reading
+ * the range again stays correct (the kernel re-reads the file: the mapping is
+ * read-only and private).  Returns the bytes released (0: no whole page
+ * inside, or madvise refused), -1 if the range is not inside the mapping
+ * (heap memory, another file, NULL): nothing is done then. */
+int64_t st_release_pages(const st_file *f, const void *p, size_t nbytes);
+
 size_t st_dtype_size(st_dtype dt);
 const char *st_dtype_name(st_dtype dt);
 /* Parses "F32", "F16", ...; returns -1 for an unknown name. */

@@ -193,3 +193,30 @@ Test(safetensors, write_then_read_roundtrip) {
     rmdir(dir);
     free(dir);
 }
+
+/* st_release_pages drops the resident pages of a mapped tensor (whole pages
+ * only); the values read back unchanged; pointers outside the mapping are
+ * refused untouched. */
+Test(safetensors, release_pages_keeps_values) {
+    st_file f;
+    tst_open_ref(&f, "tiny-sd15/text_encoder/model.safetensors");
+    const st_tensor *t = st_find(&f, "text_model.embeddings.token_embedding.weight");
+    cr_assert_not_null(t);
+    float *copy = malloc(t->nbytes);
+    memcpy(copy, t->data, t->nbytes);
+    int64_t released = st_release_pages(&f, t->data, t->nbytes);
+    long ps = sysconf(_SC_PAGESIZE);
+    /* 49408 x 32 floats = 6.3 MB: all but at most the two end pages */
+    cr_assert_geq(released, (int64_t)t->nbytes - 2 * ps, "released %lld of %zu", (long long)released, t->nbytes);
+    cr_assert_eq(released % ps, 0);
+    cr_assert(memcmp(copy, t->data, t->nbytes) == 0, "values changed after release");
+    /* heap memory, NULL and a range running past the mapping are refused */
+    cr_assert_eq(st_release_pages(&f, copy, t->nbytes), -1);
+    for (size_t i = 0; i < 16; i++) cr_assert_eq(((float *)copy)[i], ((const float *)t->data)[i]);
+    cr_assert_eq(st_release_pages(&f, NULL, 16), -1);
+    cr_assert_eq(st_release_pages(&f, t->data, (size_t)1 << 40), -1);
+    /* a range smaller than a page releases nothing */
+    cr_assert_eq(st_release_pages(&f, t->data, 64), 0);
+    free(copy);
+    st_close(&f);
+}
