@@ -14,7 +14,7 @@ static void info_usage(FILE *out) {
             "usage: sdmoe info -m MODEL [options]\n\n"
             "  -m, --model PATH         diffusers folder, SegMoE folder or single-file .safetensors\n"
             "      --variant fp16       use the .fp16 weight files of a diffusers folder\n"
-            "      --model-config F     LDM yaml (or diffusers folder) describing a single-file model\n"
+            "      --model-config F     LDM/SGM yaml (or diffusers folder) describing a single-file model\n"
             "      --no-hash            skip the SHA-256 model hash (large files take a second or two)\n"
             "  -h, --help               this help\n");
 }
@@ -68,7 +68,8 @@ static void print_keys(const cJSON *cfg, const char *const *keys) {
 static const char *const unet_keys[] = {"block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
                                         "attention_head_dim", "num_attention_heads", "cross_attention_dim",
                                         "transformer_layers_per_block", "use_linear_projection", "norm_num_groups",
-                                        "in_channels", "out_channels", "sample_size", NULL};
+                                        "in_channels", "out_channels", "sample_size", "addition_embed_type",
+                                        "addition_time_embed_dim", "projection_class_embeddings_input_dim", NULL};
 static const char *const vae_keys[] = {"block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups",
                                        "scaling_factor", "in_channels", "out_channels", NULL};
 static const char *const clip_keys[] = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -87,12 +88,14 @@ static void print_component(const sd_model *m, const sd_component *c) {
     sd_component_stats s;
     sd_component_stats_get(c, &s);
     const char *fallback = !strcmp(c->name, "unet") ? "UNet2DConditionModel"
-                         : !strcmp(c->name, "vae") ? "AutoencoderKL" : "CLIPTextModel";
+                         : !strcmp(c->name, "vae") ? "AutoencoderKL"
+                         : !strcmp(c->name, "text_encoder_2") ? "CLIPTextModelWithProjection" : "CLIPTextModel";
     printf("\n%s: %s\n", c->name, class_of(c->config, fallback));
     printf("  config      %s\n", c->config_path);
     if (m->kind == SD_MODEL_SINGLE_FILE) {
-        printf("  weights     tensors under '%s' (%s of tensor data)\n", c->binder.prefix,
-               human_bytes((double)s.data_bytes, b1, sizeof b1));
+        printf("  weights     tensors under '%s' (%s of tensor data%s)\n", c->binder.prefix,
+               human_bytes((double)s.data_bytes, b1, sizeof b1),
+               !strcmp(c->name, "text_encoder_2") ? ", OpenCLIP names" : "");
     } else {
         for (int i = 0; i < c->n_files; i++) {
             const st_file *f = sd_weights_file(c->weights, i);
@@ -166,8 +169,11 @@ static void print_moe(const sd_model *m) {
 static void print_model(sd_model *m, int with_hash) {
     printf("model: %s\n", m->name);
     printf("  path        %s\n", m->path);
-    printf("  kind        %s%s\n", m->kind == SD_MODEL_DIFFUSERS ? "diffusers folder" : "single-file checkpoint (CompVis/LDM keys)",
-           m->is_segmoe ? ", SegMoE mixture of experts" : "");
+    printf("  kind        %s%s%s\n",
+           m->kind == SD_MODEL_DIFFUSERS ? "diffusers folder"
+           : m->text_encoder_2.present   ? "single-file checkpoint (SGM keys)"
+                                         : "single-file checkpoint (CompVis/LDM keys)",
+           m->text_encoder_2.present ? ", SDXL" : "", m->is_segmoe ? ", SegMoE mixture of experts" : "");
     if (m->arch_source) printf("  configs     %s\n", m->arch_source);
     if (with_hash) {
         char hash[11];

@@ -6,11 +6,16 @@
  * ("model.diffusion_model.", "first_stage_model.", ...).  The tables are the
  * ones of diffusers v0.27.2 scripts/convert_diffusers_to_original_stable_diffusion.py
  * (unet_conversion_map*, vae_conversion_map*), generalised from SD 1.5's
- * fixed 4 levels x 2 layers to any layout read from the config:
+ * fixed 4 levels x 2 layers to any layout read from the config (SDXL's
+ * 3 levels with transformer_layers_per_block [1, 2, 10] included: the
+ * transformer depth only adds transformer_blocks.<k> inside an attention,
+ * whose names are unchanged; add_embedding as in diffusers v0.27.2
+ * loaders/single_file_utils.py convert_ldm_unet_checkpoint):
  *
  *   UNet                                     LDM (under model.diffusion_model.)
  *   conv_in                                  input_blocks.0.0
  *   time_embedding.linear_1 / linear_2       time_embed.0 / time_embed.2
+ *   add_embedding.linear_1 / linear_2        label_emb.0.0 / label_emb.0.2 (SDXL "text_time")
  *   down_blocks.i.resnets.j                  input_blocks.n.0   n = 1 + sum_{k<i}(layers_k + 1) + j
  *   down_blocks.i.attentions.j               input_blocks.n.1
  *   down_blocks.i.downsamplers.0.conv        input_blocks.(n of j = layers_i).0.op

@@ -1,5 +1,6 @@
 /* core/model — opening a Stable Diffusion model: a diffusers folder or a
- * single-file CompVis/LDM checkpoint, presented the same way.
+ * single-file CompVis/LDM (SD 1.x) or SGM (SDXL) checkpoint, presented the
+ * same way.
  *
  * sd_model_open finds every component's weight files and config, maps the
  * weights (core/safetensors, validated) and prepares one sd_binder per
@@ -28,8 +29,25 @@
  *   synthesised as diffusers config objects.  Scheduler: SD 1.5's PNDM
  *   config (betas from the yaml); tokenizer: <assets>/tokenizer (the
  *   --model-config folder's own scheduler and tokenizer when it has them).
- *   SD 2.x (cond_stage_model.model.*) and SDXL (conditioner.embedders.*)
- *   checkpoints are refused as not supported yet.
+ *
+ * SDXL single file (Stability SGM layout, keys conditioner.embedders.*):
+ *   UNet and VAE as above (add_embedding = label_emb.0.0/.0.2), text_encoder
+ *   (HF names) under "conditioner.embedders.0.transformer.", text_encoder_2
+ *   (OpenCLIP names: fused in_proj bound as row slices, text_projection as a
+ *   one-time transposed copy) under "conditioner.embedders.1.model.", by the
+ *   tables of core/sgm_keymap.  Architecture from opt->model_config (an SGM
+ *   yaml such as sd_xl_base.yaml, or a diffusers SDXL folder with unet, vae,
+ *   text_encoder and text_encoder_2 configs), else <stem>.yaml beside the
+ *   file, else SDXL base 1.0 defaults, checked against / completed from the
+ *   tensor shapes as above (text encoder sizes from the weights unless the
+ *   yaml names a known encoder; addition_time_embed_dim from label_emb's
+ *   width minus the pooled width when no config states it).  Scheduler: SDXL
+ *   base 1.0's EulerDiscreteScheduler (betas and prediction type from the
+ *   yaml's denoiser_config); tokenizers <assets>/tokenizer and
+ *   <assets>/tokenizer_2 (pad "!"); model_index: StableDiffusionXLPipeline.
+ *   SD 2.x (cond_stage_model.model.*) and SDXL refiner (only
+ *   conditioner.embedders.0.model.*) checkpoints are refused as not
+ *   supported.
  *
  *     sd_model m;
  *     sd_model_options opt = {0};
@@ -51,12 +69,12 @@
 
 typedef enum sd_model_kind {
     SD_MODEL_DIFFUSERS = 0, /* a diffusers pipeline folder */
-    SD_MODEL_SINGLE_FILE,   /* one CompVis/LDM .safetensors checkpoint */
+    SD_MODEL_SINGLE_FILE,   /* one CompVis/LDM (SD 1.x) or SGM (SDXL) .safetensors checkpoint */
 } sd_model_kind;
 
 typedef struct sd_model_options {
     const char *variant;      /* NULL or "" = default weights; e.g. "fp16" = *.fp16.safetensors */
-    const char *model_config; /* single files: LDM yaml or diffusers folder giving the architecture */
+    const char *model_config; /* single files: LDM / SGM yaml or diffusers folder giving the architecture */
     const char *assets_dir;   /* folder with tokenizer/; NULL = $SDMOE_ASSETS, then <exe dir>/../assets */
 } sd_model_options;
 
@@ -79,7 +97,7 @@ typedef struct sd_model {
     sd_component unet, vae, text_encoder, text_encoder_2;
     cJSON *model_index;       /* model_index.json (synthesised for single files) */
     char *model_index_path;
-    cJSON *scheduler_config;  /* scheduler/scheduler_config.json (SD 1.5's PNDM for single files) */
+    cJSON *scheduler_config;  /* scheduler/scheduler_config.json (single files: SD 1.5 PNDM / SDXL Euler) */
     char *scheduler_config_path;
     char *tokenizer_dir;      /* folder with vocab.json and merges.txt */
     char *tokenizer_2_dir;    /* NULL unless the pipeline has a second tokenizer */

@@ -171,6 +171,18 @@ int sd_unet_arch_from_weights(const sd_weights *w, const char *prefix, const cha
     if (require(&k, t, 4, "UNet conv_out")) return -1;
     if (fact(&k, t, (int)t->shape[0], want ? want->out_channels : (int)t->shape[0], "out_channels")) return -1;
     a->out_channels = (int)t->shape[0];
+    /* SDXL's added conditioning: label_emb.0.0 = add_embedding.linear_1 [time_embed_dim, adm_in] */
+    t = find(&k, "label_emb.0.0.weight");
+    int tt = t != NULL;
+    if (fact(&k, t, tt, want ? want->text_time : tt, "addition_embed_type \"text_time\" (1 = present)")) return -1;
+    a->text_time = tt;
+    if (tt) {
+        if (require(&k, t, 2, "added-conditioning embedding (add_embedding.linear_1)")) return -1;
+        if (fact(&k, t, (int)t->shape[1], want ? want->add_embed_in : (int)t->shape[1],
+                 "projection_class_embeddings_input_dim"))
+            return -1;
+        a->add_embed_in = (int)t->shape[1];
+    }
     return 0;
 }
 
@@ -240,5 +252,57 @@ int sd_clip_arch_from_weights(const sd_weights *w, const char *prefix, const cha
     while (find(&k, "encoder.layers.%d.self_attn.q_proj.weight", n)) n++;
     if (fact(&k, NULL, n, want ? want->num_layers : n, "num_hidden_layers")) return -1;
     a->num_layers = n;
+    return 0;
+}
+
+/* ---- OpenCLIP text transformer (SDXL text_encoder_2) ---- */
+
+int sd_openclip_arch_from_weights(const sd_weights *w, const char *prefix, const char *ckpt, const sd_clip_arch *want,
+                                  const char *source, sd_clip_arch *a, sd_error *err) {
+    walk k = {w, prefix, ckpt, want ? source : NULL, err, ""};
+    if (want) *a = *want;
+    const st_tensor *t = find(&k, "token_embedding.weight");
+    if (require(&k, t, 2, "OpenCLIP token embedding")) return -1;
+    if (fact(&k, t, (int)t->shape[0], want ? want->vocab_size : (int)t->shape[0], "vocab_size") ||
+        fact(&k, t, (int)t->shape[1], want ? want->hidden_size : (int)t->shape[1], "hidden_size"))
+        return -1;
+    a->vocab_size = (int)t->shape[0];
+    a->hidden_size = (int)t->shape[1];
+    t = find(&k, "positional_embedding");
+    if (require(&k, t, 2, "OpenCLIP positional embedding")) return -1;
+    if (fact(&k, t, (int)t->shape[0], want ? want->max_positions : (int)t->shape[0], "max_position_embeddings"))
+        return -1;
+    a->max_positions = (int)t->shape[0];
+    t = find(&k, "transformer.resblocks.0.mlp.c_fc.weight");
+    if (require(&k, t, 2, "OpenCLIP layer 0 c_fc")) return -1;
+    if (fact(&k, t, (int)t->shape[0], want ? want->intermediate_size : (int)t->shape[0], "intermediate_size"))
+        return -1;
+    a->intermediate_size = (int)t->shape[0];
+    t = find(&k, "transformer.resblocks.0.attn.in_proj_weight");
+    if (require(&k, t, 2, "OpenCLIP layer 0 fused q|k|v projection")) return -1;
+    if (t->shape[0] != 3 * (int64_t)a->hidden_size || t->shape[1] != a->hidden_size) {
+        char shape[128];
+        sd_shape_str(shape, sizeof shape, t->ndim, t->shape);
+        return sd_fail(err, "%s: tensor '%s' has shape %s, expected [%d, %d] (q, k and v of width %d stacked)", ckpt,
+                       k.key, shape, 3 * a->hidden_size, a->hidden_size, a->hidden_size);
+    }
+    int n = 0;
+    while (find(&k, "transformer.resblocks.%d.attn.in_proj_weight", n)) n++;
+    if (fact(&k, NULL, n, want ? want->num_layers : n, "num_hidden_layers")) return -1;
+    a->num_layers = n;
+    t = find(&k, "text_projection");
+    int wp = t != NULL; /* what the weights have decides (a config's "architectures" is informational) */
+    a->with_projection = wp;
+    if (wp) {
+        if (require(&k, t, 2, "OpenCLIP text_projection [hidden, projection_dim]")) return -1;
+        if (t->shape[0] != a->hidden_size) {
+            char shape[128];
+            sd_shape_str(shape, sizeof shape, t->ndim, t->shape);
+            return sd_fail(err, "%s: tensor '%s' has shape %s, expected [%d, projection_dim] (OpenCLIP stores the "
+                                "projection as [hidden, projection_dim])", ckpt, k.key, shape, a->hidden_size);
+        }
+        if (fact(&k, t, (int)t->shape[1], want ? want->projection_dim : (int)t->shape[1], "projection_dim")) return -1;
+        a->projection_dim = (int)t->shape[1];
+    }
     return 0;
 }

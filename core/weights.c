@@ -10,6 +10,7 @@
 typedef struct file_slot {
     st_file f;
     float **converted;   /* per tensor: f32 copy for f16/bf16 sources */
+    float **transposed;  /* per tensor: transposed f32 copy (SD_MAP_TRANSPOSED views) */
     unsigned char *used; /* per tensor: bound or ignored */
 } file_slot;
 
@@ -33,8 +34,9 @@ int sd_weights_open(sd_weights **out, const char *const *paths, int n, sd_error 
         w->n = i + 1;
         size_t nt = (size_t)w->files[i].f.n_tensors + 1;
         w->files[i].converted = calloc(nt, sizeof(float *));
+        w->files[i].transposed = calloc(nt, sizeof(float *));
         w->files[i].used = calloc(nt, 1);
-        if (!w->files[i].converted || !w->files[i].used) {
+        if (!w->files[i].converted || !w->files[i].transposed || !w->files[i].used) {
             sd_weights_free(w);
             return sd_fail(err, "%s: out of memory", paths[i]);
         }
@@ -47,8 +49,10 @@ void sd_weights_free(sd_weights *w) {
     if (!w) return;
     for (int i = 0; i < w->n; i++) {
         file_slot *s = &w->files[i];
-        for (int k = 0; k < s->f.n_tensors; k++) free(s->converted[k]);
+        for (int k = 0; s->converted && k < s->f.n_tensors; k++) free(s->converted[k]);
+        for (int k = 0; s->transposed && k < s->f.n_tensors; k++) free(s->transposed[k]);
         free(s->converted);
+        free(s->transposed);
         free(s->used);
         st_close(&s->f);
     }
@@ -108,7 +112,33 @@ static int squeeze_ndim(int ndim, const int64_t *shape, int keep) {
     return ndim;
 }
 
+/* The one-time transposed f32 copy of a 2-D file tensor [r, c] -> [c, r]. */
+static int transpose_now(file_slot *s, const st_tensor *st, sd_tensor *t, sd_error *err) {
+    int idx = tensor_index(s, st);
+    if (!s->transposed[idx]) {
+        const int64_t r = st->shape[0], c = st->shape[1];
+        float *src = malloc((size_t)st->numel * sizeof(float) + 1);
+        float *dst = malloc((size_t)st->numel * sizeof(float) + 1);
+        if (!src || !dst) {
+            free(src), free(dst);
+            return sd_fail(err, "%s: tensor '%s': out of memory transposing", s->f.path, st->name);
+        }
+        if (st_tensor_to_f32(&s->f, st, src, err)) {
+            free(src), free(dst);
+            return -1;
+        }
+        for (int64_t i = 0; i < r; i++)
+            for (int64_t j = 0; j < c; j++) dst[j * r + i] = src[i * c + j];
+        free(src);
+        s->transposed[idx] = dst;
+        st_release_pages(&s->f, st->data, st->nbytes); /* the f32 copy replaces the file's pages */
+    }
+    t->data = s->transposed[idx];
+    return 0;
+}
+
 static int convert_now(file_slot *s, const st_tensor *st, sd_tensor *t, sd_error *err) {
+    if (t->transposed) return transpose_now(s, st, t, err);
     int idx = tensor_index(s, st);
     if (!s->converted[idx]) {
         float *buf = malloc((size_t)st->numel * sizeof(float) + 1);
@@ -118,6 +148,7 @@ static int convert_now(file_slot *s, const st_tensor *st, sd_tensor *t, sd_error
             return -1;
         }
         s->converted[idx] = buf;
+        st_release_pages(&s->f, st->data, st->nbytes); /* the f32 copy replaces the file's pages */
     }
     t->data = s->converted[idx] + t->src_offset;
     return 0;
@@ -133,6 +164,8 @@ static int bind_impl(sd_binder *b, sd_tensor *t, const char *name, int ndim, con
         if (optional) return 1;
         return sd_fail(err, "%s: tensor '%s' has no counterpart in this checkpoint layout", comp, name);
     }
+    if (sc < SD_MAP_TRANSPOSED || (sc > 0 && (si < 0 || si >= sc)))
+        return sd_fail(err, "%s: tensor '%s': the name map gave slice %d of %d", comp, name, si, sc);
     const st_tensor *st;
     file_slot *s = find_slot(b->w, key, &st);
     if (!s) {
@@ -148,13 +181,22 @@ static int bind_impl(sd_binder *b, sd_tensor *t, const char *name, int ndim, con
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++) numel *= shape[i];
     int ok;
-    if (sc > 0) { /* row slice of a fused tensor: dim 0 is sc times larger */
+    if (sc == SD_MAP_TRANSPOSED) { /* stored as the transpose of the declared 2-D shape */
+        ok = ndim == 2 && st->ndim == 2 && st->shape[0] == shape[1] && st->shape[1] == shape[0];
+    } else if (sc > 0) { /* row slice of a fused tensor: dim 0 is sc times larger */
         ok = st->ndim == ndim && st->shape[0] == shape[0] * sc;
         for (int i = 1; ok && i < ndim; i++) ok = st->shape[i] == shape[i];
     } else {
         int sn = squeeze_ndim(st->ndim, st->shape, ndim);
         ok = sn == ndim;
         for (int i = 0; ok && i < ndim; i++) ok = st->shape[i] == shape[i];
+    }
+    if (!ok && sc == SD_MAP_TRANSPOSED) {
+        int64_t tr[2] = {ndim == 2 ? shape[1] : 0, shape[0]};
+        char wt[128];
+        sd_shape_str(wt, sizeof wt, 2, tr);
+        return sd_fail(err, "%s: %s: tensor '%s' has shape %s, expected %s (stored transposed: the %s weight '%s')",
+                       s->f.path, comp, key, got, wt, want, name);
     }
     if (!ok)
         return sd_fail(err, "%s: %s: tensor '%s' has shape %s, expected %s%s", s->f.path, comp, key, got, want,
@@ -166,8 +208,9 @@ static int bind_impl(sd_binder *b, sd_tensor *t, const char *name, int ndim, con
     t->file = &s->f;
     t->src = st;
     t->src_offset = sc > 0 ? (int64_t)si * numel : 0;
+    t->transposed = sc == SD_MAP_TRANSPOSED;
     s->used[tensor_index(s, st)] = 1;
-    if (st->dtype == ST_F32 && ((uintptr_t)st->data % sizeof(float)) == 0) {
+    if (!t->transposed && st->dtype == ST_F32 && ((uintptr_t)st->data % sizeof(float)) == 0) {
         t->data = (const float *)st->data + t->src_offset;
         return 0;
     }
@@ -229,3 +272,17 @@ const float *sd_tensor_f32(sd_tensor *t, sd_error *err) {
 }
 
 int sd_tensor_ready(const sd_tensor *t) { return t->data != NULL; }
+
+size_t sd_weights_release_pages(const sd_weights *w, const void *p, size_t nbytes) {
+    if (!w || !p) return 0;
+    for (int i = 0; i < w->n; i++) {
+        int64_t r = st_release_pages(&w->files[i].f, p, nbytes);
+        if (r >= 0) return (size_t)r; /* inside this file's mapping */
+    }
+    return 0; /* not mapped (a converted copy, heap memory): left alone */
+}
+
+size_t sd_tensor_release_pages(const sd_tensor *t) {
+    if (!t || !t->data || t->numel <= 0) return 0;
+    return sd_weights_release_pages(t->owner, t->data, (size_t)t->numel * sizeof(float));
+}

@@ -33,12 +33,20 @@ typedef struct sd_tensor {
     const st_file *file;               /* source file and tensor */
     const st_tensor *src;
     int64_t src_offset;                /* element offset inside src (row slices) */
+    int transposed;                    /* src is stored as the transpose (SD_MAP_TRANSPOSED) */
 } sd_tensor;
 
 /* Maps a diffusers tensor name to the file key (the binder prefix is added after).
  * Returns 0 on success, -1 if the name has no counterpart.  A name that is a
- * row slice of a fused tensor (OpenCLIP in_proj) sets slice_index and slice_count;
- * otherwise they stay 0. */
+ * row slice of a fused tensor (OpenCLIP in_proj: q, k, v = rows [0,h), [h,2h),
+ * [2h,3h)) sets slice_index and slice_count: the view points into the file
+ * tensor, no copy.  A 2-D name whose file tensor is stored transposed (OpenCLIP's
+ * text_projection, used as x @ P where a Linear holds P^T) sets slice_count =
+ * SD_MAP_TRANSPOSED: the binder then expects the file shape [shape[1], shape[0]]
+ * and binds a transposed f32 copy made once and owned by sd_weights, like an
+ * f16 conversion (on first sd_tensor_f32() for lazy binders).  Otherwise both
+ * stay 0. */
+#define SD_MAP_TRANSPOSED (-1)
 typedef int (*sd_name_map_fn)(const char *name, char *out, size_t cap,
                               int *slice_index, int *slice_count);
 
@@ -81,6 +89,18 @@ int sd_binder_check_complete(sd_binder *b, sd_error *err);
 const float *sd_tensor_f32(sd_tensor *t, sd_error *err);
 /* 1 if the tensor's f32 data already exists (mapped f32 or converted). */
 int sd_tensor_ready(const sd_tensor *t);
+
+/* Releases the resident file pages behind f32 data that has been copied
+ * elsewhere for good (a oneDNN weight reorder): madvise(MADV_DONTNEED) on the
+ * whole pages of [p, p + nbytes), only when the range lies inside one of w's
+ * file mappings (core/safetensors st_release_pages); anything else (a
+ * converted f16/bf16 copy, heap memory, NULL) is left alone and 0 returned.
+ * Reading the data again stays correct: the kernel re-reads the file.
+ * Returns the bytes released.  f16/bf16 sources are released by the binder
+ * itself once converted. */
+size_t sd_weights_release_pages(const sd_weights *w, const void *p, size_t nbytes);
+/* The same for a bound tensor's f32 data (t->numel floats at t->data). */
+size_t sd_tensor_release_pages(const sd_tensor *t);
 
 /* Shape formatting for messages: "[320, 4, 3, 3]". */
 void sd_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);

@@ -490,11 +490,12 @@ Test(model, single_file_refusals) {
     write_ckpt(p, sd2, 3);
     open_fails(p, NULL, "SD 2.x", "not supported yet");
     free(p);
-    static const char *const sdxl[] = {"model.diffusion_model.input_blocks.0.0.weight",
-                                       "conditioner.embedders.0.transformer.text_model.x"};
+    /* SDXL files are read (tests/test_sdxl_single_file.c); a refiner is not */
+    static const char *const sdxl[] = {"model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.x",
+                                       "conditioner.embedders.0.model.transformer.resblocks.0.ln_1.weight"};
     p = strf("%s/%s", dir, "sdxl.safetensors");
-    write_ckpt(p, sdxl, 2);
-    open_fails(p, NULL, "SDXL", "not supported yet");
+    write_ckpt(p, sdxl, 3);
+    open_fails(p, NULL, "SDXL refiner", "not supported");
     free(p);
     static const char *const diffusers_unet[] = {"conv_in.weight", "conv_out.weight"};
     p = strf("%s/%s", dir, "unet.safetensors");
@@ -556,7 +557,8 @@ Test(keymap, unet_sd15_layout) {
     unet_key_is(&sd15, "down_blocks.4.resnets.0.conv1.weight", NULL);
     unet_key_is(&sd15, "down_blocks.01.resnets.0.conv1.weight", NULL);
     unet_key_is(&sd15, "down_blocks.0.resnets.0.conv1", NULL);
-    unet_key_is(&sd15, "add_embedding.linear_1.weight", NULL);
+    unet_key_is(&sd15, "class_embedding.linear_1.weight", NULL);
+    unet_key_is(&sd15, "add_embedding.linear_1.weight", "label_emb.0.0.weight"); /* SDXL text_time */
     unet_key_is(&sd15, "conv_in.weight.extra", NULL);
 }
 

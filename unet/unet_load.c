@@ -58,6 +58,7 @@ static int bind_conv(loader *L, sd_tensor *w, sd_tensor *b, sd_conv2d **conv, co
     if (bind_t(L, w, prefix, "weight", 4, co, ci, k, k) || bind_t(L, b, prefix, "bias", 1, co, 0, 0, 0)) return -1;
     sd_conv2d_desc d = {ci, co, k, k, stride, stride, pad_tl, pad_tl, pad_br, pad_br};
     if (sd_conv2d_create(conv, &d, w->data, b->data, L->err)) return sd_error_prefix(L->err, "unet: %s", prefix);
+    sd_tensor_release_pages(w); /* the conv holds its own reordered copy: drop the mapped f32 pages */
     return 0;
 }
 
