@@ -95,6 +95,23 @@ static void gn_chunk(const float *x, int blk, int64_t c, int64_t hw, int64_t b, 
         int64_t len = c - c0 < r ? c - c0 : r;
         float *a = acc + c0;
         const float *m = mean ? mean + c0 : NULL;
+        if (blk > SD_LAYOUT_NCHW && len == blk) { /* a full block: its lanes as vectors, pixels in order */
+            const float *xp = x + sd_layout_offset(blk, c, hw, b, c0, 0);
+            for (int64_t v = 0; v < blk; v += 8) {
+                sd_v8f s = sd_v8_set(0.0f), mv = m ? sd_v8_load(m + v) : s;
+                for (int64_t p = p0; p < p1; p++) {
+                    sd_v8f d = sd_v8_load(xp + p * blk + v);
+                    if (m) {
+                        d = d - mv;
+                        s += d * d;
+                    } else {
+                        s += d;
+                    }
+                }
+                sd_v8_store(a + v, s);
+            }
+            continue;
+        }
         for (int64_t p = p0; p < p1; p++) {
             const float *xr = x + sd_layout_offset(blk, c, hw, b, c0, p);
             if (m)
@@ -166,17 +183,46 @@ void sd_group_norm_ex(const float *x, int blk_in, float *y, int blk_out, int64_t
                 }
             }
     }
-    int64_t r = lay_block(blk_in, c) < lay_block(blk_out, c) ? lay_block(blk_in, c) : lay_block(blk_out, c);
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t p = 0; p < hw; p++) {
-            for (int64_t c0 = 0; c0 < c; c0 += r) {
-                int64_t len = c - c0 < r ? c - c0 : r;
-                gn_apply(x + sd_layout_offset(blk_in, c, hw, b, c0, p), y + sd_layout_offset(blk_out, c, hw, b, c0, p),
-                         scale + b * c + c0, shift + b * c + c0, len, fuse_silu);
+    if (blk_in == blk_out && blk_in > SD_LAYOUT_NCHW) {
+        /* one blocked layout: walk each block's plane front to back */
+        int64_t nblk = (c + blk_in - 1) / blk_in;
+        #pragma omp parallel for collapse(3) schedule(static)
+        for (int64_t b = 0; b < n; b++)
+            for (int64_t kb = 0; kb < nblk; kb++)
+                for (int64_t k = 0; k < GN_CHUNKS; k++) {
+                    int64_t c0 = kb * blk_in, len = c - c0 < blk_in ? c - c0 : blk_in;
+                    int64_t p0 = hw * k / GN_CHUNKS, p1 = hw * (k + 1) / GN_CHUNKS;
+                    if (len == blk_in) { /* full block: the lanes' scale and shift stay in registers */
+                        const float *xp = x + sd_layout_offset(blk_in, c, hw, b, c0, 0);
+                        float *yp = y + sd_layout_offset(blk_out, c, hw, b, c0, 0);
+                        for (int64_t v = 0; v < blk_in; v += 8) {
+                            sd_v8f sc = sd_v8_load(scale + b * c + c0 + v), sh = sd_v8_load(shift + b * c + c0 + v);
+                            for (int64_t p = p0; p < p1; p++) {
+                                sd_v8f t = sd_v8_load(xp + p * blk_in + v) * sc + sh;
+                                sd_v8_store(yp + p * blk_in + v, fuse_silu ? sd_v8_silu(t) : t);
+                            }
+                        }
+                        continue;
+                    }
+                    for (int64_t p = p0; p < p1; p++) {
+                        gn_apply(x + sd_layout_offset(blk_in, c, hw, b, c0, p), y + sd_layout_offset(blk_out, c, hw, b, c0, p),
+                                 scale + b * c + c0, shift + b * c + c0, len, fuse_silu);
+                        if (len < blk_in) zero_pad_lanes(y, blk_out, c, hw, b, p);
+                    }
+                }
+    } else {
+        int64_t r = lay_block(blk_in, c) < lay_block(blk_out, c) ? lay_block(blk_in, c) : lay_block(blk_out, c);
+        #pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < n; b++)
+            for (int64_t p = 0; p < hw; p++) {
+                for (int64_t c0 = 0; c0 < c; c0 += r) {
+                    int64_t len = c - c0 < r ? c - c0 : r;
+                    gn_apply(x + sd_layout_offset(blk_in, c, hw, b, c0, p), y + sd_layout_offset(blk_out, c, hw, b, c0, p),
+                             scale + b * c + c0, shift + b * c + c0, len, fuse_silu);
+                }
+                zero_pad_lanes(y, blk_out, c, hw, b, p);
             }
-            zero_pad_lanes(y, blk_out, c, hw, b, p);
-        }
+    }
     free(part);
     free(stat);
     free(chan);

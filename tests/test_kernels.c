@@ -403,3 +403,70 @@ Test(kernels, conv2d_layouts) {
         free(wt), free(bias), free(x), free(r);
     }
 }
+
+/* Stride-2 convolutions in the blocked layouts, as the VAE encoder runs its
+ * downsamplers (pad right/bottom only) and the UNet its own (pad 1), with
+ * odd sizes and channel counts that leave padding lanes. */
+Test(kernels, conv2d_strided_blocked_layouts) {
+    int64_t n = 2, h = 11, w = 9;
+    static const int64_t shapes[][6] = {{13, 13, 0, 0, 1, 1}, {21, 18, 1, 1, 1, 1}};
+    int lays[] = {0, 8, 16};
+    for (int s = 0; s < 2; s++) {
+        int64_t ci = shapes[s][0], co = shapes[s][1], pt = shapes[s][2], pl = shapes[s][3], pb = shapes[s][4],
+                pr = shapes[s][5];
+        sd_conv2d_desc d = {ci, co, 3, 3, 2, 2, pt, pl, pb, pr};
+        float *wt = rand_buf(co * ci * 9, 0.5f), *bias = rand_buf(co, 1), *x = rand_buf(n * h * w * ci, 1);
+        sd_conv2d *c;
+        sd_error err = {0};
+        cr_assert_eq(sd_conv2d_create(&c, &d, wt, bias, &err), 0, "%s", err.msg);
+        int64_t oh, ow;
+        sd_conv2d_out_size(c, h, w, &oh, &ow);
+        float *r = zeros(n * oh * ow * co);
+        ref_conv2d(x, n, h, w, ci, wt, bias, co, 3, 3, 2, 2, pt, pl, pb, pr, r);
+        for (int i = 0; i < 3; i++) {
+            int bl = lays[i];
+            float *xi = malloc((size_t)ref_layout_size(bl, n, ci, h * w) * sizeof(float));
+            int64_t ny = ref_layout_size(bl, n, co, oh * ow);
+            float *y = malloc((size_t)ny * sizeof(float)), *want = malloc((size_t)ny * sizeof(float));
+            ref_to_layout(x, bl, n, ci, h * w, xi);
+            ref_to_layout(r, bl, n, co, oh * ow, want);
+            cr_assert_eq(sd_conv2d_forward_blk(c, xi, bl, n, h, w, y, 0, &err), 0, "%s", err.msg);
+            tst_check_close("conv2d stride 2 blocked", y, want, (size_t)ny, 1e-4, 0);
+            free(xi), free(y), free(want);
+        }
+        sd_conv2d_free(c);
+        free(wt), free(bias), free(x), free(r);
+    }
+}
+
+/* GroupNorm within one blocked layout (the plane-by-plane path: full blocks
+ * as vectors, a partial last block, more pixels than reduction chunks), with
+ * and without SiLU, out of place and in place. */
+Test(kernels, group_norm_blocked_planes) {
+    int64_t n = 2, hw = 131;
+    static const int64_t cs[][2] = {{48, 4}, {40, 5}, {12, 3}}; /* channels, groups */
+    int lays[] = {8, 16};
+    for (int s = 0; s < 3; s++)
+        for (int silu = 0; silu < 2; silu++) {
+            int64_t c = cs[s][0];
+            int groups = (int)cs[s][1];
+            float *x = rand_buf(n * hw * c, 3), *g = rand_buf(c, 1), *b = rand_buf(c, 1), *r = zeros(n * hw * c);
+            for (int64_t i = 0; i < n * hw * c; i++) x[i] += 0.5f; /* a non-zero mean */
+            ref_group_norm(x, n, hw, c, groups, 1e-6f, g, b, r, silu);
+            for (int i = 0; i < 2; i++) {
+                int bl = lays[i];
+                int64_t nf = ref_layout_size(bl, n, c, hw);
+                float *xi = malloc((size_t)nf * sizeof(float)), *y = malloc((size_t)nf * sizeof(float));
+                float *want = malloc((size_t)nf * sizeof(float));
+                ref_to_layout(x, bl, n, c, hw, xi);
+                ref_to_layout(r, bl, n, c, hw, want);
+                for (int64_t t = 0; t < nf; t++) y[t] = 99.0f; /* padding lanes must come out 0 */
+                sd_group_norm_ex(xi, bl, y, bl, n, hw, c, groups, 1e-6f, g, b, silu);
+                tst_check_close("group_norm_ex blocked", y, want, (size_t)nf, 1e-5, 0);
+                sd_group_norm_ex(xi, bl, xi, bl, n, hw, c, groups, 1e-6f, g, b, silu);
+                tst_check_close("group_norm_ex blocked in place", xi, want, (size_t)nf, 1e-5, 0);
+                free(xi), free(y), free(want);
+            }
+            free(x), free(g), free(b), free(r);
+        }
+}

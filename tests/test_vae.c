@@ -335,6 +335,210 @@ Test(vae, missing_half_is_an_error) {
     unload(&m);
 }
 
+/* ------------------------------------------------------------ tiled decode */
+
+/* Torch's `a * (1 - y / e) + b * (y / e)` on float32 tensors: the weights are
+ * Python floats rounded to float. */
+static float blend(float a, float b, int64_t y, int64_t e) {
+    double t = (double)y / (double)e;
+    return a * (float)(1.0 - t) + b * (float)t;
+}
+
+/* diffusers v0.27.2 AutoencoderKL.tiled_decode written out as in
+ * autoencoder_kl.py, batch 1: every tile z[:, :, i:i+T, j:j+T] (i, j in
+ * range(0, size, int(T * 0.75))) decoded alone with the untiled decoder,
+ * kept whole; then in raster order each tile is blended in place with the
+ * finished tile above (blend_v: its last e = min(a.h, b.h, E) rows) and the
+ * finished tile to the left (blend_h), E = int(S / 4), S = T * 8; the image
+ * is the concatenation of the tiles' [:S - E, :S - E] crops. */
+static float *tiled_reference(loaded *m, const float *lat, int64_t h, int64_t w, int T, int64_t *H, int64_t *W) {
+    int64_t f, fw, L = m->cfg.latent_channels, C = m->cfg.out_channels;
+    vae_decode_out_size(m->vae, 1, 1, &f, &fw);
+    int64_t S = T * f, step = (int64_t)(T * 0.75), E = (int64_t)(S * 0.25), limit = S - E;
+    int64_t nr = (h + step - 1) / step, nc = (w + step - 1) / step;
+    float **tile = calloc((size_t)(nr * nc), sizeof *tile);
+    int64_t *th = calloc((size_t)(nr * nc), sizeof *th), *tw = calloc((size_t)(nr * nc), sizeof *tw);
+    sd_error err = {0};
+    for (int64_t i = 0; i < nr; i++)
+        for (int64_t j = 0; j < nc; j++) {
+            int64_t k = i * nc + j, y0 = i * step, x0 = j * step;
+            int64_t lh = h - y0 < T ? h - y0 : T, lw = w - x0 < T ? w - x0 : T;
+            float *z = malloc((size_t)(L * lh * lw) * sizeof(float));
+            for (int64_t c = 0; c < L; c++)
+                for (int64_t y = 0; y < lh; y++)
+                    for (int64_t x = 0; x < lw; x++) z[(c * lh + y) * lw + x] = lat[(c * h + y0 + y) * w + x0 + x];
+            th[k] = lh * f, tw[k] = lw * f;
+            tile[k] = malloc((size_t)(C * th[k] * tw[k]) * sizeof(float));
+            cr_assert_eq(vae_decode_latents(m->vae, z, 1, lh, lw, tile[k], NULL, &err), 0, "%s", err.msg);
+            free(z);
+        }
+    *H = h * f, *W = w * f;
+    float *img = malloc((size_t)(C * *H * *W) * sizeof(float));
+    int64_t oy = 0;
+    for (int64_t i = 0; i < nr; i++) {
+        int64_t ox = 0, rows_out = 0;
+        for (int64_t j = 0; j < nc; j++) {
+            int64_t k = i * nc + j, bh = th[k], bw = tw[k];
+            float *b = tile[k];
+            if (i > 0) { /* blend_v(rows[i - 1][j], tile) */
+                const float *a = tile[k - nc];
+                int64_t ah = th[k - nc], e = ah < bh ? ah : bh;
+                if (E < e) e = E;
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t y = 0; y < e; y++)
+                        for (int64_t x = 0; x < bw; x++)
+                            b[(c * bh + y) * bw + x] = blend(a[(c * ah + ah - e + y) * bw + x], b[(c * bh + y) * bw + x], y, e);
+            }
+            if (j > 0) { /* blend_h(row[j - 1], tile) */
+                const float *a = tile[k - 1];
+                int64_t aw = tw[k - 1], e = aw < bw ? aw : bw;
+                if (E < e) e = E;
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t y = 0; y < bh; y++)
+                        for (int64_t x = 0; x < e; x++)
+                            b[(c * bh + y) * bw + x] = blend(a[(c * bh + y) * aw + aw - e + x], b[(c * bh + y) * bw + x], x, e);
+            }
+            int64_t ch = bh < limit ? bh : limit, cw = bw < limit ? bw : limit; /* tile[:, :, :row_limit, :row_limit] */
+            cr_assert_leq(oy + ch, *H);
+            cr_assert_leq(ox + cw, *W);
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t y = 0; y < ch; y++)
+                    memcpy(img + (c * *H + oy + y) * *W + ox, b + (c * bh + y) * bw, (size_t)cw * sizeof(float));
+            ox += cw, rows_out = ch;
+        }
+        cr_assert_eq(ox, *W, "the crops of tile row %lld cover %lld of %lld columns", (long long)i, (long long)ox,
+                     (long long)*W);
+        oy += rows_out;
+    }
+    cr_assert_eq(oy, *H, "the crops cover %lld of %lld rows", (long long)oy, (long long)*H);
+    for (int64_t k = 0; k < nr * nc; k++) free(tile[k]);
+    free(tile), free(th), free(tw);
+    return img;
+}
+
+/* The latents of the 8x12 decode case, cropped to h x w (h <= 8, w <= 12). */
+static float *case_latents(loaded *m, int64_t h, int64_t w) {
+    st_file ref;
+    tst_open_ref(&ref, "refs/vae.safetensors");
+    const st_tensor *lt = tst_ref_tensor(&ref, "decode_8x12.latents");
+    int64_t rh = lt->shape[2], rw = lt->shape[3], L = m->cfg.latent_channels;
+    cr_assert(h <= rh && w <= rw);
+    float *all = tst_ref_f32(&ref, "decode_8x12.latents", NULL), *lat = malloc((size_t)(L * h * w) * sizeof(float));
+    for (int64_t c = 0; c < L; c++)
+        for (int64_t y = 0; y < h; y++) memcpy(lat + (c * h + y) * w, all + (c * rh + y) * rw, (size_t)w * sizeof(float));
+    free(all);
+    st_close(&ref);
+    return lat;
+}
+
+/* A tile that covers the whole latent is the untiled decode, byte for byte. */
+Test(vae, tiled_decode_one_tile_is_untiled) {
+    loaded m = {0};
+    if (!load_vae(&m, 0, VAE_PART_DECODER)) return;
+    int64_t h = 8, w = 12, H, W;
+    float *lat = case_latents(&m, h, w);
+    vae_decode_out_size(m.vae, h, w, &H, &W);
+    size_t ni = (size_t)(m.cfg.out_channels * H * W);
+    float *want = malloc(ni * sizeof(float)), *got = malloc(ni * sizeof(float));
+    sd_error err = {0};
+    cr_assert_eq(vae_decode_latents(m.vae, lat, 1, h, w, want, NULL, &err), 0, "%s", err.msg);
+    int tiles[2] = {12, 64};
+    for (int i = 0; i < 2; i++) {
+        memset(got, 0, ni * sizeof(float));
+        cr_assert_eq(vae_decode_tiled(m.vae, lat, 1, h, w, tiles[i], got, &err), 0, "%s", err.msg);
+        cr_assert_eq(memcmp(got, want, ni * sizeof(float)), 0, "tile %d differs from the untiled decode", tiles[i]);
+    }
+    free(want), free(got), free(lat);
+    unload(&m);
+}
+
+/* Small tiles give diffusers' blend of the separately decoded tiles: 8x12
+ * latents in 4x4 tiles (3 x 4 tiles, the last row and column clipped) and
+ * 7x9 in 8x8 tiles (the first tile row is clipped by the bottom edge, so the
+ * blend_v rows do not sit over the same image rows: diffusers' formula as it
+ * is); a batch of two decodes each item as alone. */
+Test(vae, tiled_decode_matches_diffusers_blend) {
+    loaded m = {0};
+    if (!load_vae(&m, 0, VAE_PART_DECODER)) return;
+    struct {
+        int64_t h, w;
+        int tile;
+    } cases[2] = {{8, 12, 4}, {7, 9, 8}};
+    sd_error err = {0};
+    for (int c = 0; c < 2; c++) {
+        int64_t h = cases[c].h, w = cases[c].w, H, W;
+        float *lat = case_latents(&m, h, w);
+        float *want = tiled_reference(&m, lat, h, w, cases[c].tile, &H, &W);
+        size_t ni = (size_t)(m.cfg.out_channels * H * W), nl = (size_t)(m.cfg.latent_channels * h * w);
+        float *got = malloc(2 * ni * sizeof(float)), *two = malloc(2 * nl * sizeof(float));
+        cr_assert_eq(vae_decode_tiled(m.vae, lat, 1, h, w, cases[c].tile, got, &err), 0, "%s", err.msg);
+        char what[64];
+        snprintf(what, sizeof what, "tiled %lldx%lld tile %d", (long long)h, (long long)w, cases[c].tile);
+        check(what, got, want, ni, 1e-6, 0);
+        /* the blend did something: tiled is not the untiled decode */
+        cr_assert_eq(vae_decode_latents(m.vae, lat, 1, h, w, got + ni, NULL, &err), 0, "%s", err.msg);
+        double diff = 0;
+        for (size_t i = 0; i < ni; i++) diff = fmax(diff, fabs((double)got[i] - got[ni + i]));
+        cr_assert_gt(diff, 1e-3, "%s: equal to the untiled decode", what);
+        for (size_t i = 0; i < nl; i++) two[i] = -lat[i], two[nl + i] = lat[i];
+        cr_assert_eq(vae_decode_tiled(m.vae, two, 2, h, w, cases[c].tile, got, &err), 0, "%s", err.msg);
+        check("tiled batch item 1", got + ni, want, ni, 1e-5, 0);
+        free(want), free(got), free(two), free(lat);
+    }
+    unload(&m);
+}
+
+/* The tiled decode's peak buffers (workspace + tile buffers) are those of
+ * one tile: smaller than a whole-image decode's; tile sizes that are not a
+ * multiple of 4 are refused. */
+Test(vae, tiled_decode_workspace_and_refusals) {
+    loaded a = {0}, b = {0};
+    if (!load_vae(&a, 0, VAE_PART_DECODER) || !load_vae(&b, 0, VAE_PART_DECODER)) return;
+    int64_t h = 8, w = 12, H, W;
+    float *lat = case_latents(&a, h, w);
+    vae_decode_out_size(a.vae, h, w, &H, &W);
+    float *img = malloc((size_t)(a.cfg.out_channels * H * W) * sizeof(float));
+    sd_error err = {0};
+    cr_assert_eq(vae_workspace_bytes(a.vae), 0);
+    cr_assert_eq(vae_decode_latents(a.vae, lat, 1, h, w, img, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(vae_decode_tiled(b.vae, lat, 1, h, w, 4, img, &err), 0, "%s", err.msg);
+    size_t whole = vae_workspace_bytes(a.vae), tiled = vae_workspace_bytes(b.vae);
+    cr_log_info("workspace: whole image %zu bytes, 4x4 tiles %zu bytes", whole, tiled);
+    cr_assert_lt(tiled, whole / 2, "tiled %zu bytes, whole image %zu", tiled, whole);
+    int bad[3] = {0, 6, -4};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_neq(vae_decode_tiled(b.vae, lat, 1, h, w, bad[i], img, &err), 0, "tile %d accepted", bad[i]);
+        cr_assert(strstr(err.msg, "multiple of 4") != NULL, "%s", err.msg);
+    }
+    free(img), free(lat);
+    unload(&a), unload(&b);
+}
+
+/* ----------------------------------------------------------------- layouts */
+
+/* Every activation layout (NHWC and oneDNN's blocked nChw8c / nChw16c, the
+ * default being sd_preferred_layout()) gives the fixtures' results and
+ * intermediates, decode and encode, including the non-square cases. */
+Test(vae, activation_layouts) {
+    loaded m = {0};
+    if (!load_vae(&m, 0, VAE_PART_ALL)) return;
+    cr_assert_eq(vae_get_layout(m.vae), sd_preferred_layout());
+    int lays[3] = {SD_LAYOUT_NHWC, 8, 16};
+    sd_error err = {0};
+    for (int i = 0; i < 3; i++) {
+        cr_log_info("layout %d", lays[i]);
+        cr_assert_eq(vae_set_layout(m.vae, lays[i], &err), 0, "%s", err.msg);
+        cr_assert_eq(vae_get_layout(m.vae), lays[i]);
+        cr_assert_eq(decode_case(&m, "decode_8x8"), m.cfg.n_levels + 4, "intermediates checked");
+        decode_case(&m, "decode_8x12");
+        cr_assert_eq(encode_case(&m, "encode_64x64"), m.cfg.n_levels + 4, "intermediates checked");
+        encode_case(&m, "encode_64x96");
+    }
+    cr_assert_neq(vae_set_layout(m.vae, SD_LAYOUT_NCHW, &err), 0);
+    cr_assert(strstr(err.msg, "layout") != NULL, "%s", err.msg);
+    unload(&m);
+}
+
 /* ------------------------------------------------------------------ config */
 
 static int config_from(const char *text, vae_config *cfg, sd_error *err) {

@@ -6,8 +6,11 @@
  * Owns: the config read from vae/config.json, the typed weights (bound by
  * diffusers name through an sd_binder; convolutions prepared once as oneDNN
  * objects), and one workspace that grows to the largest (batch, h, w) asked
- * for and is reused afterwards.  Activations are NHWC inside; the API takes
- * and returns NCHW, the layout of the sampler's latents and of the fixtures.
+ * for and is reused afterwards.  Activations stay in one layout between
+ * layers (core/kernels.h: sd_preferred_layout(), the channel-blocked nChw8c
+ * where oneDNN's convolutions are fastest in it, else NHWC); the API takes
+ * and returns NCHW, the layout of the sampler's latents and of the fixtures,
+ * and converts only there and at the mid-block attention's token rows.
  *
  *     vae_config cfg;  vae_model *vae;
  *     vae_config_from_json(&cfg, json, "vae/config.json", &err);
@@ -22,6 +25,7 @@
 #define SDMOE_VAE_VAE_H
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -86,6 +90,48 @@ void vae_decode_out_size(const vae_model *m, int64_t h, int64_t w, int64_t *ih, 
  * probe may be NULL. */
 int vae_decode_latents(vae_model *m, const float *latents, int64_t n, int64_t h, int64_t w,
                        float *image, const vae_probe *probe, sd_error *err);
+
+/* Tiled decode: diffusers' AutoencoderKL.tiled_decode (v0.27.2
+ * autoencoder_kl.py, with blend_v / blend_h), for a peak memory bounded by
+ * the tile instead of the image.  With T = `tile` latent pixels, f the
+ * decoder's factor (vae_decode_out_size), S = T*f, overlap factor 1/4:
+ *   stride = floor(T * 3/4) latents, E = floor(S / 4) image rows/columns,
+ *   keep = S - E;
+ *   tile (i, j) = decode(latents[:, :, i*stride : +T, j*stride : +T])
+ *   (clipped at the bottom/right edge), visited row by row; each tile b is
+ *   first blended with the finished tile a above it, then with the finished
+ *   tile a to its left, in place:
+ *     e = min(a.rows, b.rows, E);  for y < e:
+ *       b[y] = a[a.rows - e + y] * (1 - y/e) + b[y] * (y/e)
+ *   (columns likewise), weights computed in double and rounded to float,
+ *   as torch multiplies a float tensor by a Python float;
+ *   the output is the tiles' top-left keep x keep crops side by side.
+ * tile >= h and tile >= w: exactly vae_decode_latents (diffusers' _decode
+ * does not tile then).  tile must be a multiple of 4 (then stride*f = keep
+ * and the crops add up to the image size, which diffusers' formula does not
+ * give otherwise).  Like diffusers, the blend reads the last e rows of the
+ * tile above even when that tile was clipped by the bottom edge, and those do
+ * not sit over the same image rows (when 0 < h - i*stride < T/4 for a tile
+ * row i >= 1; columns likewise).
+ * Memory: the workspace of one (n, T, T) decode, one decoded tile, a strip
+ * of E columns and one strip of E rows per tile column (vae_workspace_bytes);
+ * the caller's image is written crop by crop.  Not for probes. */
+int vae_decode_tiled(vae_model *m, const float *latents, int64_t n, int64_t h, int64_t w, int tile,
+                     float *image, sd_error *err);
+/* The latent tile --vae-tiling uses: 32 (256-pixel tiles for SD): a 512^2
+ * decode then needs about a quarter of the whole-image workspace. */
+#define VAE_DEFAULT_TILE 32
+
+/* Bytes held by the activation workspace and the tiled decode's buffers
+ * (their high-water mark so far: the workspace only grows). */
+size_t vae_workspace_bytes(const vae_model *m);
+
+/* Activation layout between layers (core/kernels.h: SD_LAYOUT_NHWC, 8 or
+ * 16); default sd_preferred_layout().  Results agree to rounding.  A layout
+ * other than the preferred one keeps a second, reordered copy of each conv's
+ * weights once used (oneDNN's weight format follows the activation layout). */
+int vae_set_layout(vae_model *m, int blk, sd_error *err);
+int vae_get_layout(const vae_model *m);
 
 /* Latent size the encoder gives for an h x w image (each downsampler pads
  * right/bottom by one and convolves 3x3 stride 2: out = (in - 2) / 2 + 1). */

@@ -1,6 +1,6 @@
-/* vae internals shared by vae_load.c (config, binding) and vae_forward.c
- * (workspace, encode/decode): the typed weight structs.  Not part of the
- * public contract (vae/vae.h). */
+/* vae internals shared by vae_load.c (config, binding), vae_forward.c
+ * (workspace, encode/decode) and vae_tiled.c: the typed weight structs.
+ * Not part of the public contract (vae/vae.h). */
 #ifndef SDMOE_VAE_INTERNAL_H
 #define SDMOE_VAE_INTERNAL_H
 
@@ -72,13 +72,16 @@ typedef struct vae_coder {
     vae_conv conv_out;
 } vae_coder;
 
-/* Activation buffers, grown to the largest request and reused. */
+/* Activation buffers, grown to the largest request and reused.  x, s and t
+ * hold activations in the model's layout (m->blk); the attention's token
+ * rows (s, qkv, t) are NHWC. */
 typedef struct vae_ws {
     float *x, *s;         /* current activation and its spare (swapped) */
-    float *t;             /* resnet conv1 output */
+    float *t;             /* resnet conv1 output; attention to_out rows */
     float *qkv;           /* mid attention q | k | v rows */
     float *scratch;       /* sd_attention scratch */
-    size_t cap_x, cap_s, cap_t, cap_qkv, cap_scratch; /* floats */
+    float *tap;           /* NHWC copy for a vae_probe (grown only when probed) */
+    size_t cap_x, cap_s, cap_t, cap_qkv, cap_scratch, cap_tap; /* floats */
 } vae_ws;
 
 struct vae_model {
@@ -86,7 +89,9 @@ struct vae_model {
     vae_coder enc, dec;
     vae_conv quant_conv;      /* [2L, 2L, 1, 1] quant_conv */
     vae_conv post_quant_conv; /* [L, L, 1, 1]   post_quant_conv */
+    int blk;                  /* activation layout between layers (core/kernels.h) */
     vae_ws ws;
+    size_t tile_bytes;        /* largest set of vae_decode_tiled buffers so far */
 };
 
 void vae_ws_free(vae_ws *ws);

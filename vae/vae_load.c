@@ -144,6 +144,8 @@ static int bind_conv(loader *L, const char *prefix, int64_t c_in, int64_t c_out,
     sd_conv2d_desc d = {.c_in = c_in, .c_out = c_out, .kh = k, .kw = k, .stride_h = stride, .stride_w = stride,
                         .pad_t = pad[0], .pad_l = pad[1], .pad_b = pad[2], .pad_r = pad[3]};
     if (sd_conv2d_create(&out->k, &d, w, b, L->err)) return sd_error_prefix(L->err, "vae: %s", prefix);
+    /* the conv holds its own reordered copy: drop the mapped f32 pages (a converted copy is left alone) */
+    sd_weights_release_pages(L->b->w, w, (size_t)(c_out * c_in * k * k) * sizeof(float));
     return 0;
 }
 
@@ -256,6 +258,7 @@ int vae_load(vae_model **out, const vae_config *cfg, sd_binder *b, int parts, sd
     vae_model *m = calloc(1, sizeof *m);
     if (!m) return sd_fail(err, "vae: out of memory");
     m->cfg = *cfg;
+    m->blk = sd_preferred_layout();
     int64_t L2 = 2 * (int64_t)cfg->latent_channels, L1 = cfg->latent_channels;
     loader L = {.b = b, .build = (parts & VAE_PART_ENCODER) != 0, .err = err};
     int rc = bind_encoder(&L, cfg, &m->enc) || bind_conv(&L, "quant_conv", L2, L2, 1, 1, PAD_NONE, &m->quant_conv);
@@ -308,3 +311,12 @@ void vae_free(vae_model *m) {
 }
 
 const vae_config *vae_model_config(const vae_model *m) { return &m->cfg; }
+
+int vae_set_layout(vae_model *m, int blk, sd_error *err) {
+    if (blk != SD_LAYOUT_NHWC && blk != 8 && blk != 16)
+        return sd_fail(err, "vae: layout %d is not NHWC (0), 8 or 16", blk);
+    m->blk = blk;
+    return 0;
+}
+
+int vae_get_layout(const vae_model *m) { return m->blk; }
