@@ -34,6 +34,7 @@
 #include "sampler/pipeline.h"
 #include "text_encoder/conditioning.h"
 #include "unet/unet.h"
+#include "vae/vae.h"
 
 #define MAX_IMAGES 1000000   /* images in one shard */
 #define MAX_LISTED_FAILURES 20
@@ -160,6 +161,8 @@ typedef struct job_plan {
     double cfg;
     const char *negative;    /* NULL = none */
     uint64_t seed0;
+    int sdxl;                /* SDXL micro-conditioning, defaults resolved: */
+    int orig_w, orig_h, target_w, target_h, crop_top, crop_left;
 } job_plan;
 
 typedef struct batch_image {
@@ -249,6 +252,14 @@ static int plan_job(batch_run *r, const batch_job *job, sd_tokenizer *tok, job_p
     pl->cfg = job->has_cfg ? job->cfg_scale : o->cfg_scale;
     pl->negative = job->has_negative ? job->negative : o->negative;
     pl->seed0 = job_seed0(job, o->seed);
+    if ((pl->sdxl = sd_pipeline_is_sdxl(r->p))) {
+        pl->orig_w = o->original_width ? o->original_width : pl->width;
+        pl->orig_h = o->original_height ? o->original_height : pl->height;
+        pl->target_w = o->target_width ? o->target_width : pl->width;
+        pl->target_h = o->target_height ? o->target_height : pl->height;
+        pl->crop_top = o->crop_top;
+        pl->crop_left = o->crop_left;
+    }
     pl->chunks = 1;
     if (tok) {
         int a, b;
@@ -280,6 +291,15 @@ static cJSON *image_params(const batch_run *r, const job_plan *pl, uint64_t seed
     ok &= cJSON_AddStringToObject(o, "prompt_syntax", r->o->prompt_syntax) != NULL;
     ok &= cJSON_AddStringToObject(o, "model_hash", r->hash) != NULL;
     if (r->uc->moe_enabled) ok &= cJSON_AddStringToObject(o, "moe_routing", r->o->moe_routing) != NULL;
+    if (pl->sdxl) { /* SDXL only: SD 1.x params keys stay as they were */
+        char v[64];
+        snprintf(v, sizeof v, "%dx%d", pl->orig_w, pl->orig_h);
+        ok &= cJSON_AddStringToObject(o, "original_size", v) != NULL;
+        snprintf(v, sizeof v, "%dx%d", pl->target_w, pl->target_h);
+        ok &= cJSON_AddStringToObject(o, "target_size", v) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "crop_top", pl->crop_top) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "crop_left", pl->crop_left) != NULL;
+    }
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -299,7 +319,8 @@ static int image_key(const batch_run *r, batch_image *im, sd_error *err) {
 static int same_shape(const job_plan *a, const job_plan *b) {
     return a->width == b->width && a->height == b->height && a->steps == b->steps && a->rs.id == b->rs.id &&
            a->rs.karras == b->rs.karras && a->cfg == b->cfg && a->clip_skip == b->clip_skip &&
-           a->chunks == b->chunks;
+           a->chunks == b->chunks && a->orig_w == b->orig_w && a->orig_h == b->orig_h && a->target_w == b->target_w &&
+           a->target_h == b->target_h && a->crop_top == b->crop_top && a->crop_left == b->crop_left;
 }
 
 /* ---- files ---- */
@@ -404,6 +425,8 @@ static int save_image(batch_run *r, const sd_txt2img_result *res, int i, batch_i
                         .prompt_syntax = r->o->prompt_syntax,
                         .moe_experts = r->uc->moe_enabled ? r->uc->moe_num_experts : 0,
                         .moe_top_k = r->uc->moe_top_k, .moe_routing = r->o->moe_routing};
+    render_meta_sdxl(&meta, r->p, pl->width, pl->height, pl->orig_w, pl->orig_h, pl->target_w, pl->target_h,
+                     pl->crop_top, pl->crop_left, pl->negative);
     char *text = NULL, sha[65];
     char *path = sd_path_join(r->o->output, im->file);
     int rc = path ? render_infotext(&meta, &text, err) : sd_fail(err, "out of memory");
@@ -455,7 +478,10 @@ static int render_group(batch_run *r, batch_image **g, int n) {
     sd_txt2img_params q = {.prompt = prompts[0], .width = pl->width, .height = pl->height, .steps = pl->steps,
                            .cfg_scale = pl->cfg, .sampler = pl->rs.id, .karras = pl->rs.karras,
                            .clip_skip = pl->clip_skip, .syntax = r->syntax, .n_images = n, .seeds = seeds,
-                           .prompts = prompts, .negative_prompts = negs};
+                           .prompts = prompts, .negative_prompts = negs, .original_width = pl->orig_w,
+                           .original_height = pl->orig_h, .target_width = pl->target_w, .target_height = pl->target_h,
+                           .crop_top = pl->crop_top, .crop_left = pl->crop_left,
+                           .vae_tile = r->o->vae_tiling ? VAE_DEFAULT_TILE : 0};
     sd_txt2img_result res;
     sd_error err = {0};
     double t0 = now_s();
@@ -587,6 +613,9 @@ static int load_model(batch_run *r, sd_error *err) {
     if (rc) return -1;
     r->m = sd_pipeline_model(r->p);
     r->uc = sd_unet_get_config(sd_pipeline_unet(r->p));
+    if (o->micro_given && !sd_pipeline_is_sdxl(r->p))
+        return sd_fail(err, "--original-size, --target-size and --crop-top-left apply to SDXL models only; %s is not one",
+                       r->m->path);
     return sd_model_hash(r->m, r->hash, err);
 }
 

@@ -11,6 +11,7 @@
 #include "sampler/pipeline.h"
 #include "unet/moe_stats.h"
 #include "unet/unet.h"
+#include "vae/vae.h"
 
 /* Progress of one run: a bar per stage, labelled with the image number. */
 typedef struct gen_progress {
@@ -72,6 +73,11 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
     char hash[11] = "";
     if (sd_model_hash(m, hash, &err)) return fail(&err);
     const sd_unet_config *uc = sd_unet_get_config(sd_pipeline_unet(p));
+    if (o->micro_given && !sd_pipeline_is_sdxl(p)) {
+        sd_fail(&err, "--original-size, --target-size and --crop-top-left apply to SDXL models only; %s is not one",
+                m->path);
+        return fail(&err);
+    }
     if (o->verbose)
         fprintf(stderr, "sdmoe: model %s (%s), hash %s, threads %d%s\n", m->name,
                 m->kind == SD_MODEL_SINGLE_FILE ? "single-file checkpoint" : "diffusers folder", hash,
@@ -97,7 +103,11 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
         sd_txt2img_params q = {.prompt = o->prompt ? o->prompt : "", .negative_prompt = o->negative,
                                .width = width, .height = height, .steps = o->steps, .cfg_scale = o->cfg_scale,
                                .sampler = rs.id, .karras = rs.karras, .clip_skip = o->clip_skip,
-                               .syntax = syntax, .n_images = 1, .seeds = &s};
+                               .syntax = syntax, .n_images = 1, .seeds = &s,
+                               .original_width = o->original_width, .original_height = o->original_height,
+                               .target_width = o->target_width, .target_height = o->target_height,
+                               .crop_top = o->crop_top, .crop_left = o->crop_left,
+                               .vae_tile = o->vae_tiling ? VAE_DEFAULT_TILE : 0};
         prog->image = i;
         sd_txt2img_hooks h = {.on_progress = on_progress, .on_unet_call = on_unet_call, .ctx = prog};
         if (prog->stats) {
@@ -123,6 +133,8 @@ static int render_all(sd_pipeline *p, const gen_options *o, gen_progress *prog) 
                             .prompt_syntax = o->prompt_syntax,
                             .moe_experts = uc->moe_enabled ? uc->moe_num_experts : 0,
                             .moe_top_k = uc->moe_top_k, .moe_routing = o->moe_routing};
+        render_meta_sdxl(&meta, p, width, height, o->original_width, o->original_height, o->target_width,
+                         o->target_height, o->crop_top, o->crop_left, o->negative);
         char *text = NULL;
         int rc = render_infotext(&meta, &text, &err);
         if (!rc) rc = render_save_png(&res, 0, path, text, &err);

@@ -33,7 +33,7 @@ void gen_options_usage(const char *cmd, int batch_mode) {
         printf("usage: sdmoe %s -m MODEL -p PROMPT [options]\n\n", cmd);
     printf("  -m, --model PATH         diffusers folder, SegMoE folder or single-file .safetensors\n"
            "  -p, --prompt TEXT        prompt\n"
-           "  -n, --negative-prompt T  negative prompt (absent = \"\")\n");
+           "  -n, --negative-prompt T  negative prompt (absent: \"\"; SDXL: zeros, while -n \"\" encodes \"\")\n");
     if (!batch_mode)
         printf("  -o, --output FILE        output PNG (output.png); %%d numbers batch images\n");
     printf("  -s, --seed N             seed (-1 = random; image i uses seed+i)\n"
@@ -47,10 +47,14 @@ void gen_options_usage(const char *cmd, int batch_mode) {
            "  -t, --threads N          threads (<= 0: physical cores)\n"
            "      --clip-skip N        1 = last CLIP layer, 2 = penultimate (A1111 meaning)\n"
            "      --prompt-syntax S    a1111 (weights, BREAK, long prompts) | plain (diffusers)\n"
+           "      --original-size WxH  SDXL: original-size conditioning (default: the image size)\n"
+           "      --target-size WxH    SDXL: target-size conditioning (default: the image size)\n"
+           "      --crop-top-left T,L  SDXL: crop-coordinates conditioning, pixels (default 0,0)\n"
            "      --variant fp16       load the .fp16 weight files of a diffusers folder\n"
            "      --model-config F     LDM yaml (or diffusers folder) describing a single-file model\n"
            "      --moe-routing R      segmoe (default, SegMoE-identical) | per-token (Mixtral style)\n"
            "      --moe-stats FILE     write per-layer, per-step expert choices as JSON\n"
+           "      --vae-tiling         VAE decode in overlapping tiles of 32 latents (diffusers' tiled_decode)\n"
            "  -q, --quiet              no progress output\n"
            "  -v, --verbose            more detail\n"
            "  -h, --help               this help\n\nsamplers (--sampler; append _karras for the Karras schedule):\n");
@@ -63,7 +67,11 @@ void gen_options_usage(const char *cmd, int batch_mode) {
 enum {
     OPT_STEPS = 1000, OPT_CFG, OPT_SAMPLER, OPT_SCHEDULER, OPT_CLIP_SKIP, OPT_SYNTAX, OPT_VARIANT,
     OPT_MODEL_CONFIG, OPT_MOE_ROUTING, OPT_MOE_STATS, OPT_VAE_TILING, OPT_JOBS, OPT_BATCH_SIZE, OPT_SHARD,
+    OPT_ORIGINAL_SIZE, OPT_TARGET_SIZE, OPT_CROP,
 };
+
+/* Largest size / crop coordinate the SDXL conditioning flags accept. */
+#define MICRO_MAX 65536
 
 static int parse_int(const char *s, long lo, long hi, long *out) {
     char *end;
@@ -80,6 +88,22 @@ static int parse_i64(const char *s, int64_t *out) {
     long long v = strtoll(s, &end, 10);
     if (errno || end == s || *end) return -1;
     *out = v;
+    return 0;
+}
+
+/* "<a><sep><b>" with two whole numbers in [lo, MICRO_MAX]. */
+static int parse_pair(const char *s, const char *seps, long lo, long *a, long *b) {
+    char *end;
+    errno = 0;
+    if (*s < '0' || *s > '9') return -1;
+    long x = strtol(s, &end, 10);
+    if (errno || !*end || !strchr(seps, *end) || x < lo || x > MICRO_MAX) return -1;
+    const char *t = end + 1;
+    if (*t < '0' || *t > '9') return -1;
+    long y = strtol(t, &end, 10);
+    if (errno || *end || y < lo || y > MICRO_MAX) return -1;
+    *a = x;
+    *b = y;
     return 0;
 }
 
@@ -115,6 +139,9 @@ int gen_options_parse(gen_options *o, int argc, char **argv, int batch_mode, cha
         {"moe-routing", required_argument, 0, OPT_MOE_ROUTING},
         {"moe-stats", required_argument, 0, OPT_MOE_STATS},
         {"vae-tiling", no_argument, 0, OPT_VAE_TILING},
+        {"original-size", required_argument, 0, OPT_ORIGINAL_SIZE},
+        {"target-size", required_argument, 0, OPT_TARGET_SIZE},
+        {"crop-top-left", required_argument, 0, OPT_CROP},
         {"jobs", required_argument, 0, OPT_JOBS},
         {"batch-size", required_argument, 0, OPT_BATCH_SIZE},
         {"shard", required_argument, 0, OPT_SHARD},
@@ -189,6 +216,32 @@ int gen_options_parse(gen_options *o, int argc, char **argv, int batch_mode, cha
             break;
         case OPT_MOE_STATS: o->moe_stats = a; break;
         case OPT_VAE_TILING: o->vae_tiling = 1; break;
+        case OPT_ORIGINAL_SIZE:
+        case OPT_TARGET_SIZE: {
+            long w, h;
+            const char *flag = c == OPT_ORIGINAL_SIZE ? "--original-size" : "--target-size";
+            if (parse_pair(a, "xX", 1, &w, &h)) {
+                snprintf(msg, (size_t)msg_cap, "%s: '%s' is not WIDTHxHEIGHT (e.g. 1024x1024) with whole numbers "
+                         "from 1 to %d", flag, a, MICRO_MAX);
+                return -1;
+            }
+            if (c == OPT_ORIGINAL_SIZE) o->original_width = (int)w, o->original_height = (int)h;
+            else o->target_width = (int)w, o->target_height = (int)h;
+            o->micro_given = 1;
+            break;
+        }
+        case OPT_CROP: {
+            long top, left;
+            if (parse_pair(a, ",", 0, &top, &left)) {
+                snprintf(msg, (size_t)msg_cap, "--crop-top-left: '%s' is not TOP,LEFT (e.g. 0,0) with whole numbers "
+                         "from 0 to %d", a, MICRO_MAX);
+                return -1;
+            }
+            o->crop_top = (int)top;
+            o->crop_left = (int)left;
+            o->micro_given = 1;
+            break;
+        }
         case OPT_JOBS:
             if (!batch_mode) goto not_here;
             o->jobs = a;

@@ -25,6 +25,12 @@ typedef struct gen_options {
     const char *moe_routing;     /* --moe-routing segmoe|per-token */
     const char *moe_stats;       /* --moe-stats FILE */
     int vae_tiling;              /* --vae-tiling */
+    /* SDXL micro-conditioning (diffusers' original_size, target_size,
+     * crops_coords_top_left); 0 = default (the image size; crop 0,0) */
+    int original_width, original_height; /* --original-size WxH */
+    int target_width, target_height;     /* --target-size WxH */
+    int crop_top, crop_left;             /* --crop-top-left TOP,LEFT */
+    int micro_given;             /* 1 if any of the three flags was given (SDXL only) */
     int quiet, verbose;          /* -q / -v */
     /* batch only */
     const char *jobs;            /* --jobs FILE */

@@ -108,6 +108,16 @@ int render_infotext(const render_meta *m, char **out, sd_error *err) {
         if (!rc && m->moe_routing && strcmp(m->moe_routing, "segmoe"))
             rc = sd_infotext_add(&extra, "MoE routing", m->moe_routing, err);
     }
+    if (!rc && m->sdxl) {
+        char v[64];
+        snprintf(v, sizeof v, "%dx%d", m->original_width, m->original_height);
+        rc = sd_infotext_add(&extra, "Original size", v, err);
+        snprintf(v, sizeof v, "%dx%d", m->target_width, m->target_height);
+        if (!rc) rc = sd_infotext_add(&extra, "Target size", v, err);
+        if (!rc) rc = sd_infotext_add_int(&extra, "Crop top", m->crop_top, err);
+        if (!rc) rc = sd_infotext_add_int(&extra, "Crop left", m->crop_left, err);
+        if (!rc && m->empty_negative_encoded) rc = sd_infotext_add(&extra, "Empty negative", "encoded", err);
+    }
     char version[32];
     snprintf(version, sizeof version, "sdmoe %s", SDMOE_VERSION);
     sd_infotext_params p = {
@@ -130,6 +140,20 @@ int render_infotext(const render_meta *m, char **out, sd_error *err) {
     if (!rc) rc = sd_infotext_format(&p, out, err);
     sd_infotext_free(&extra);
     return rc;
+}
+
+void render_meta_sdxl(render_meta *m, sd_pipeline *p, int width, int height, int original_width,
+                      int original_height, int target_width, int target_height, int crop_top, int crop_left,
+                      const char *negative) {
+    m->sdxl = sd_pipeline_is_sdxl(p);
+    if (!m->sdxl) return;
+    m->original_width = original_width ? original_width : width;
+    m->original_height = original_height ? original_height : height;
+    m->target_width = target_width ? target_width : width;
+    m->target_height = target_height ? target_height : height;
+    m->crop_top = crop_top;
+    m->crop_left = crop_left;
+    m->empty_negative_encoded = negative && !*negative && sd_pipeline_zero_negative(p);
 }
 
 int render_save_png(const sd_txt2img_result *r, int i, const char *path, const char *parameters,

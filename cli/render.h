@@ -45,7 +45,21 @@ typedef struct render_meta {
     const char *prompt_syntax;  /* recorded when not a1111 */
     int moe_experts, moe_top_k; /* 0 = dense model */
     const char *moe_routing;    /* recorded when not segmoe */
+    /* SDXL: the micro-conditioning actually used (defaults resolved), recorded
+     * as "Original size: WxH, Target size: WxH, Crop top: T, Crop left: L";
+     * empty_negative_encoded: -n "" on a model where an absent negative
+     * gives zeros, recorded as "Empty negative: encoded" (A1111 zeroes an
+     * empty negative prompt on SDXL, so the text alone would not tell). */
+    int sdxl;
+    int original_width, original_height, target_width, target_height, crop_top, crop_left;
+    int empty_negative_encoded;
 } render_meta;
+
+/* Fills the SDXL fields of m for a render of width x height from the flags
+ * (0 = default) and whether the pipeline zeroes an absent negative. */
+void render_meta_sdxl(render_meta *m, sd_pipeline *p, int width, int height, int original_width,
+                      int original_height, int target_width, int target_height, int crop_top, int crop_left,
+                      const char *negative);
 
 /* A1111 parameters text (malloc'd). */
 int render_infotext(const render_meta *m, char **out, sd_error *err);

@@ -8,6 +8,7 @@
 #include "core/rng.h"
 #include "sampler/scheduler.h"
 #include "text_encoder/clip_text.h"
+#include "text_encoder/sdxl_conditioning.h"
 #include "text_encoder/tokenizer.h"
 #include "unet/unet.h"
 #include "vae/vae.h"
@@ -27,6 +28,12 @@ struct sd_pipeline {
     sd_model model;
     sd_tokenizer *tok;
     sd_clip_text *clip;
+    /* SDXL (UNet addition_embed_type "text_time"): tokenizer_2 / text_encoder_2 */
+    int sdxl;
+    int force_zeros;                  /* model_index force_zeros_for_empty_prompt (SDXL default true) */
+    sd_tokenizer *tok2;
+    sd_clip_text *clip2;
+    sd_clip_text_config ccfg2;
     sd_unet *unet;
     vae_model *vae;
     sd_unet_config ucfg;
@@ -40,6 +47,8 @@ struct sd_pipeline {
 sd_model *sd_pipeline_model(sd_pipeline *p) { return &p->model; }
 struct sd_unet *sd_pipeline_unet(sd_pipeline *p) { return p->unet; }
 int sd_pipeline_vae_factor(const sd_pipeline *p) { return p->vae_factor; }
+int sd_pipeline_is_sdxl(const sd_pipeline *p) { return p->sdxl; }
+int sd_pipeline_zero_negative(const sd_pipeline *p) { return p->sdxl && p->force_zeros; }
 
 void sd_pipeline_default_size(const sd_pipeline *p, int *width, int *height) {
     *width = *height = p->ucfg.sample_size * p->vae_factor;
@@ -70,19 +79,58 @@ static void apply_moe_routing(sd_unet *u, sd_moe_routing routing) {
     }
 }
 
+/* SDXL's second tokenizer and text encoder, and force_zeros_for_empty_prompt
+ * (StableDiffusionXLPipeline's default: true). */
+static int load_text_2(sd_pipeline *p, sd_error *err) {
+    sd_component *c = &p->model.text_encoder_2;
+    if (!c->present || !p->model.tokenizer_2_dir)
+        return sd_fail(err, "%s: the UNet has SDXL added conditioning (addition_embed_type \"text_time\") but the "
+                       "model has no %s", p->model.path, !c->present ? "text_encoder_2 component" : "tokenizer_2 folder");
+    if (sd_tokenizer_open(&p->tok2, p->model.tokenizer_2_dir, err)) return -1;
+    if (sd_clip_text_config_read(c->config, c->config_path, &p->ccfg2, err)) return -1;
+    if (sd_clip_text_load(&p->clip2, &p->ccfg2, &c->binder, err)) return -1;
+    if (sd_binder_check_complete(&c->binder, err)) return -1;
+    sd_sdxl_encoders e = {p->tok, p->tok2, p->clip, p->clip2};
+    if (sd_sdxl_encoders_check(&e, err)) return sd_error_prefix(err, "%s", p->model.path);
+    if (sd_sdxl_context_dim(&e) != p->ucfg.cross_attention_dim[0])
+        return sd_fail(err, "%s: text_encoder hidden_size %d + text_encoder_2 hidden_size %d = %d, the UNet's "
+                       "cross_attention_dim is %d", p->model.path, p->ccfg.hidden_size, p->ccfg2.hidden_size,
+                       sd_sdxl_context_dim(&e), p->ucfg.cross_attention_dim[0]);
+    if (sd_sdxl_pooled_dim(&e) != p->ucfg.add_text_dim || p->ucfg.add_n_time_ids != SD_SDXL_N_TIME_IDS)
+        return sd_fail(err, "%s: text_encoder_2 projection_dim %d with %d time ids, the UNet's added conditioning "
+                       "expects %d + %d (projection_class_embeddings_input_dim)", p->model.path,
+                       sd_sdxl_pooled_dim(&e), SD_SDXL_N_TIME_IDS, p->ucfg.add_text_dim, p->ucfg.add_n_time_ids);
+    p->force_zeros = 1;
+    const cJSON *fz = cJSON_GetObjectItemCaseSensitive(p->model.model_index, "force_zeros_for_empty_prompt");
+    if (fz && !cJSON_IsNull(fz)) {
+        if (!cJSON_IsBool(fz))
+            return sd_fail(err, "%s: key 'force_zeros_for_empty_prompt': expected true or false",
+                           p->model.model_index_path);
+        p->force_zeros = cJSON_IsTrue(fz);
+    }
+    p->sdxl = 1;
+    return 0;
+}
+
 static int load_text(sd_pipeline *p, sd_error *err) {
     sd_component *c = &p->model.text_encoder;
     if (!c->present) return sd_fail(err, "%s: no text_encoder component", p->model.path);
     if (sd_tokenizer_open(&p->tok, p->model.tokenizer_dir, err)) return -1;
     if (sd_clip_text_config_read(c->config, c->config_path, &p->ccfg, err)) return -1;
     if (sd_clip_text_load(&p->clip, &p->ccfg, &c->binder, err)) return -1;
-    return sd_binder_check_complete(&c->binder, err);
+    if (sd_binder_check_complete(&c->binder, err)) return -1;
+    return p->ucfg.add_text_time ? load_text_2(p, err) : 0;
+}
+
+/* The UNet config decides what else loads (SDXL's second text encoder). */
+static int parse_unet_config(sd_pipeline *p, sd_error *err) {
+    sd_component *c = &p->model.unet;
+    if (!c->present) return sd_fail(err, "%s: no unet component", p->model.path);
+    return sd_unet_config_parse(&p->ucfg, c->config, c->config_path, err);
 }
 
 static int load_unet(sd_pipeline *p, sd_error *err) {
     sd_component *c = &p->model.unet;
-    if (!c->present) return sd_fail(err, "%s: no unet component", p->model.path);
-    if (sd_unet_config_parse(&p->ucfg, c->config, c->config_path, err)) return -1;
     c->binder.lazy = p->ucfg.moe_enabled; /* experts stay mapped until chosen */
     if (sd_unet_load(&p->unet, &p->ucfg, &c->binder, err)) return -1;
     return sd_binder_check_complete(&c->binder, err);
@@ -92,7 +140,8 @@ static int load_vae(sd_pipeline *p, sd_error *err) {
     sd_component *c = &p->model.vae;
     if (!c->present) return sd_fail(err, "%s: no vae component", p->model.path);
     if (vae_config_from_json(&p->vcfg, c->config, c->config_path, err)) return -1;
-    if (vae_load(&p->vae, &p->vcfg, &c->binder, VAE_PART_ALL, err)) return -1;
+    /* text-to-image only decodes: the encoder's tensors are bound and checked, not built */
+    if (vae_load(&p->vae, &p->vcfg, &c->binder, VAE_PART_DECODER, err)) return -1;
     if (sd_binder_check_complete(&c->binder, err)) return -1;
     p->vae_factor = 1 << (p->vcfg.n_levels - 1);
     return 0;
@@ -115,7 +164,7 @@ int sd_pipeline_load(sd_pipeline **out, const char *model_path, const sd_pipelin
         return -1;
     }
     report(opt, "load", 1, 4);
-    if (load_text(p, err)) goto fail;
+    if (parse_unet_config(p, err) || load_text(p, err)) goto fail;
     report(opt, "load", 2, 4);
     if (load_unet(p, err)) goto fail;
     if (opt) apply_moe_routing(p->unet, opt->moe_routing);
@@ -139,6 +188,8 @@ void sd_pipeline_free(sd_pipeline *p) {
     sd_unet_free(p->unet);
     sd_clip_text_free(p->clip);
     sd_tokenizer_free(p->tok);
+    sd_clip_text_free(p->clip2);
+    sd_tokenizer_free(p->tok2);
     sd_model_close(&p->model);
     free(p);
 }
@@ -161,7 +212,12 @@ static const sd_text_cond *encode_cached(sd_pipeline *p, const char *text, sd_pr
     free(c->text);
     sd_text_cond_free(&c->cond);
     memset(c, 0, sizeof *c);
-    if (sd_conditioning_encode(p->tok, p->clip, text, syntax, clip_skip, &c->cond, err)) return NULL;
+    if (p->sdxl) {
+        sd_sdxl_encoders e = {p->tok, p->tok2, p->clip, p->clip2};
+        if (sd_sdxl_encode(&e, text, syntax, clip_skip, &c->cond, err)) return NULL;
+    } else if (sd_conditioning_encode(p->tok, p->clip, text, syntax, clip_skip, &c->cond, err)) {
+        return NULL;
+    }
     c->text = strdup(text);
     if (!c->text) {
         sd_text_cond_free(&c->cond);
@@ -177,10 +233,19 @@ static const sd_text_cond *encode_cached(sd_pipeline *p, const char *text, sd_pr
 /* A working copy of a cached cond (padding may extend it). */
 static int copy_cond(const sd_text_cond *src, sd_text_cond *dst, sd_error *err) {
     *dst = *src;
+    dst->pooled = NULL;
     size_t n = (size_t)src->n_chunks * src->chunk_len * src->hidden;
     dst->emb = malloc(n * sizeof(float) + 1);
     if (!dst->emb) return sd_fail(err, "out of memory");
     memcpy(dst->emb, src->emb, n * sizeof(float));
+    if (src->pooled) {
+        dst->pooled = malloc((size_t)src->pooled_dim * sizeof(float));
+        if (!dst->pooled) {
+            sd_text_cond_free(dst);
+            return sd_fail(err, "out of memory");
+        }
+        memcpy(dst->pooled, src->pooled, (size_t)src->pooled_dim * sizeof(float));
+    }
     return 0;
 }
 
@@ -193,6 +258,16 @@ static int validate(const sd_pipeline *p, const sd_txt2img_params *q, sd_error *
         return sd_fail(err, "size %dx%d: width and height must be positive multiples of %d", q->width,
                        q->height, f);
     if (!isfinite(q->cfg_scale)) return sd_fail(err, "cfg scale must be a finite number");
+    const int micro[6] = {q->original_width, q->original_height, q->target_width, q->target_height, q->crop_top,
+                          q->crop_left};
+    static const char *const names[6] = {"original width", "original height", "target width", "target height",
+                                         "crop top", "crop left"};
+    for (int i = 0; i < 6; i++) {
+        if (micro[i] < 0) return sd_fail(err, "%s %d: expected 0 (default) or a positive number", names[i], micro[i]);
+        if (micro[i] && !p->sdxl)
+            return sd_fail(err, "%s %d: original/target size and crop coordinates apply to SDXL models only (a UNet "
+                           "with addition_embed_type \"text_time\")", names[i], micro[i]);
+    }
     return 0;
 }
 
@@ -202,6 +277,9 @@ typedef struct request {
     int64_t lh, lw, numel;                /* latent size, floats per latent */
     int64_t n_ctx, hidden;
     float *context;                       /* [rows, n_ctx, hidden] */
+    int pooled_dim;                       /* SDXL: */
+    float *text_embeds;                   /*   [rows, pooled_dim] pooled text embeddings */
+    float *time_ids;                      /*   [rows, SD_SDXL_N_TIME_IDS] */
     float *latents, *x_in, *eps, *guided; /* [n|rows, numel] */
     sd_rng *gens;
     sd_scheduler **scheds;
@@ -213,56 +291,105 @@ static void request_free(request *r) {
     free(r->scheds);
     free(r->gens);
     free(r->context);
+    free(r->text_embeds);
+    free(r->time_ids);
     free(r->latents);
     free(r->x_in);
     free(r->eps);
     free(r->guided);
 }
 
-/* Encodes every image's prompt pair into the context [uncond x n, cond x n]. */
+/* Encodes every image's prompt pair into the context [uncond x n, cond x n]
+ * (and for SDXL the pooled text embeddings in the same order).  An absent
+ * negative prompt is "" — or, on SDXL with force_zeros_for_empty_prompt,
+ * zeros of the prompt's shape (diffusers' zeros_like(prompt_embeds)). */
 static int build_context(sd_pipeline *p, const sd_txt2img_params *q, request *r, sd_txt2img_result *res,
                          sd_error *err) {
     sd_text_cond *conds = calloc((size_t)2 * r->n, sizeof *conds);
-    if (!conds) return sd_fail(err, "out of memory");
-    int rc = 0, max_chunks = 0;
-    const sd_text_cond *empty = NULL;
-    if (q->syntax == SD_PROMPT_SYNTAX_A1111 && !(empty = encode_cached(p, "", q->syntax, q->clip_skip, err)))
-        rc = -1;
+    char *zero = calloc((size_t)r->n, 1);
+    sd_text_cond empty = {0};
+    if (!conds || !zero) {
+        free(conds);
+        free(zero);
+        return sd_fail(err, "out of memory");
+    }
+    int rc = 0, max_chunks = 0, have_empty = 0;
+    if (q->syntax == SD_PROMPT_SYNTAX_A1111) {
+        /* a working copy: the cache may evict the entry while the batch encodes */
+        const sd_text_cond *e = encode_cached(p, "", q->syntax, q->clip_skip, err);
+        rc = !e || copy_cond(e, &empty, err) ? -1 : 0;
+        have_empty = !rc;
+    }
     for (int i = 0; i < r->n && !rc; i++) {
         const char *pos = q->prompts ? q->prompts[i] : q->prompt;
         const char *neg = q->negative_prompts ? q->negative_prompts[i] : q->negative_prompt;
+        zero[i] = !neg && sd_pipeline_zero_negative(p);
         const sd_text_cond *c = encode_cached(p, pos ? pos : "", q->syntax, q->clip_skip, err);
-        const sd_text_cond *u = c ? encode_cached(p, neg ? neg : "", q->syntax, q->clip_skip, err) : NULL;
-        if (!c || !u || copy_cond(c, &conds[r->n + i], err) || copy_cond(u, &conds[i], err)) {
+        if (!c || copy_cond(c, &conds[r->n + i], err)) {
             rc = -1;
             break;
         }
+        const sd_text_cond *u = NULL;
+        if (!zero[i] && (!(u = encode_cached(p, neg ? neg : "", q->syntax, q->clip_skip, err)) ||
+                         copy_cond(u, &conds[i], err))) {
+            rc = -1;
+            break;
+        }
+        c = &conds[r->n + i];
         if (i == 0) res->prompt_tokens = c->n_tokens;
-        res->dropped_tokens += c->n_dropped + u->n_dropped;
-        res->invalid_utf8 += c->n_invalid_utf8 + u->n_invalid_utf8;
+        res->dropped_tokens += c->n_dropped + (u ? u->n_dropped : 0);
+        res->invalid_utf8 += c->n_invalid_utf8 + (u ? u->n_invalid_utf8 : 0);
         if (c->n_chunks > max_chunks) max_chunks = c->n_chunks;
-        if (u->n_chunks > max_chunks) max_chunks = u->n_chunks;
+        if (u && u->n_chunks > max_chunks) max_chunks = u->n_chunks;
     }
     /* A1111 pads cond and uncond to one chunk count; across a batch every
-     * item must share it too (one UNet call). */
+     * item must share it too (one UNet call).  Zero negatives take the
+     * common shape directly. */
+    const sd_text_cond *shape = &conds[r->n];
     for (int i = 0; i < 2 * r->n && !rc; i++)
-        if (conds[i].n_chunks < max_chunks) {
-            if (!empty) rc = sd_fail(err, "internal: prompts of different lengths in plain syntax");
-            else rc = sd_conditioning_pad(&conds[i], max_chunks, empty, err);
+        if (i < r->n && zero[i])
+            rc = sd_sdxl_zero_cond(max_chunks, shape->chunk_len, shape->hidden, shape->pooled_dim, &conds[i], err);
+        else if (conds[i].n_chunks < max_chunks) {
+            if (!have_empty) rc = sd_fail(err, "internal: prompts of different lengths in plain syntax");
+            else rc = sd_conditioning_pad(&conds[i], max_chunks, &empty, err);
         }
     if (!rc) {
-        r->n_ctx = (int64_t)max_chunks * conds[0].chunk_len;
-        r->hidden = conds[0].hidden;
+        r->n_ctx = (int64_t)max_chunks * shape->chunk_len;
+        r->hidden = shape->hidden;
+        r->pooled_dim = p->sdxl ? shape->pooled_dim : 0;
         int first = r->do_cfg ? 0 : r->n; /* without CFG only the cond half exists */
         r->context = malloc((size_t)r->rows * r->n_ctx * r->hidden * sizeof(float));
         if (!r->context) rc = sd_fail(err, "out of memory");
         for (int i = 0; i < r->rows && !rc; i++)
             memcpy(r->context + (size_t)i * r->n_ctx * r->hidden, conds[first + i].emb,
                    (size_t)r->n_ctx * r->hidden * sizeof(float));
+        if (!rc && p->sdxl) {
+            r->text_embeds = malloc((size_t)r->rows * r->pooled_dim * sizeof(float));
+            if (!r->text_embeds) rc = sd_fail(err, "out of memory");
+            for (int i = 0; i < r->rows && !rc; i++)
+                memcpy(r->text_embeds + (size_t)i * r->pooled_dim, conds[first + i].pooled,
+                       (size_t)r->pooled_dim * sizeof(float));
+        }
     }
     for (int i = 0; i < 2 * r->n; i++) sd_text_cond_free(&conds[i]);
+    sd_text_cond_free(&empty);
     free(conds);
+    free(zero);
     return rc;
+}
+
+/* SDXL's time ids, one row per UNet batch row (the negative rows get the
+ * same ids: diffusers' negative_original_size etc. unset). */
+static int build_time_ids(const sd_txt2img_params *q, request *r, sd_error *err) {
+    float ids[SD_SDXL_N_TIME_IDS];
+    sd_sdxl_time_ids(q->original_height ? q->original_height : q->height,
+                     q->original_width ? q->original_width : q->width, q->crop_top, q->crop_left,
+                     q->target_height ? q->target_height : q->height, q->target_width ? q->target_width : q->width,
+                     ids);
+    r->time_ids = malloc((size_t)r->rows * sizeof ids);
+    if (!r->time_ids) return sd_fail(err, "out of memory");
+    for (int i = 0; i < r->rows; i++) memcpy(r->time_ids + (size_t)i * SD_SDXL_N_TIME_IDS, ids, sizeof ids);
+    return 0;
 }
 
 static int request_init(sd_pipeline *p, const sd_txt2img_params *q, request *r, sd_txt2img_result *res,
@@ -288,7 +415,8 @@ static int request_init(sd_pipeline *p, const sd_txt2img_params *q, request *r, 
         if (sd_scheduler_create(&r->scheds[i], p->model.scheduler_config, p->model.scheduler_config_path,
                                 q->sampler, q->karras, q->steps, (size_t)r->numel, err))
             return -1;
-    return build_context(p, q, r, res, err);
+    if (build_context(p, q, r, res, err)) return -1;
+    return p->sdxl ? build_time_ids(q, r, err) : 0;
 }
 
 /* First non-finite value in x[n], or -1. */
@@ -360,6 +488,10 @@ int sd_pipeline_txt2img(sd_pipeline *p, const sd_txt2img_params *q, const sd_txt
     if (h && h->on_progress) h->on_progress(h->ctx, "encode", 1, 1);
     int rc = sd_unet_reserve(p->unet, r.rows, r.lh, r.lw, r.n_ctx, err);
     if (!rc) rc = sd_unet_set_context(p->unet, r.context, r.rows, r.n_ctx, err);
+    if (!rc && p->sdxl) rc = sd_unet_set_added_cond(p->unet, r.text_embeds, r.time_ids, r.rows, err);
+    if (!rc && h && h->on_conditioning)
+        h->on_conditioning(h->ctx, r.context, r.rows, r.n_ctx, r.hidden, r.text_embeds, r.pooled_dim, r.time_ids,
+                           p->sdxl ? SD_SDXL_N_TIME_IDS : 0);
     if (!rc) initial_noise(&r, q, h);
     int calls = sd_scheduler_num_calls(r.scheds[0]);
     if (h && h->on_progress) h->on_progress(h->ctx, "sample", 0, calls);
@@ -380,8 +512,10 @@ int sd_pipeline_txt2img(sd_pipeline *p, const sd_txt2img_params *q, const sd_txt
         memcpy(res->latents, r.latents, (size_t)r.numel * r.n * sizeof(float));
         if (h && h->on_progress) h->on_progress(h->ctx, "decode", 0, r.n);
         for (int i = 0; i < r.n && !rc; i++) {
-            rc = vae_decode_latents(p->vae, r.latents + (size_t)i * r.numel, 1, r.lh, r.lw,
-                                    res->vae_out + (size_t)i * 3 * q->width * q->height, NULL, err);
+            const float *lat = r.latents + (size_t)i * r.numel;
+            float *out = res->vae_out + (size_t)i * 3 * q->width * q->height;
+            rc = q->vae_tile > 0 ? vae_decode_tiled(p->vae, lat, 1, r.lh, r.lw, q->vae_tile, out, err)
+                                 : vae_decode_latents(p->vae, lat, 1, r.lh, r.lw, out, NULL, err);
             if (!rc && find_non_finite(res->vae_out + (size_t)i * 3 * q->width * q->height,
                                        (int64_t)3 * q->width * q->height) >= 0)
                 rc = sd_fail(err, "VAE decode produced a non-finite value (NaN/Inf) for image %d: the VAE "

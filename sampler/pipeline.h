@@ -9,6 +9,16 @@
  *     latents = scheduler.step(eps, c, latents, generator_i)
  *   VAE decode (latents / scaling_factor) -> raw image [-1, 1]
  *
+ * SDXL (the UNet has addition_embed_type "text_time"): diffusers'
+ * StableDiffusionXLPipeline.__call__ — tokenizer_2 and text_encoder_2 load
+ * too; prompts go through text_encoder/sdxl_conditioning.h (context = both
+ * encoders' penultimate states, pooled = text_encoder_2's projection); an
+ * absent negative prompt gives zeros (context and pooled) when model_index.json
+ * says force_zeros_for_empty_prompt (absent = true, diffusers' default), an
+ * explicit "" is encoded; the pooled embeddings [uncond x n, cond x n] and the
+ * time ids [original h, w, crop top, left, target h, w] (the same for every
+ * row) go to sd_unet_set_added_cond once per request.
+ *
  * Several images go through one call: the UNet batch is [uncond x n, cond x n]
  * as diffusers orders it; each image keeps its own generator (seed_i) and
  * scheduler state, so image i equals what a single-image run with seed_i
@@ -52,24 +62,37 @@ void sd_pipeline_default_size(const sd_pipeline *p, int *width, int *height);
 int sd_pipeline_vae_factor(const sd_pipeline *p);
 /* The sampler matching the model's own scheduler config (_class_name). */
 int sd_pipeline_default_sampler(const sd_pipeline *p, sd_sampler_id *id, sd_error *err);
+/* 1 for SDXL models (UNet added conditioning "text_time"). */
+int sd_pipeline_is_sdxl(const sd_pipeline *p);
+/* 1 if an absent (NULL) negative prompt gives the zero embedding rather than
+ * the encoding of "" (SDXL with force_zeros_for_empty_prompt). */
+int sd_pipeline_zero_negative(const sd_pipeline *p);
 /* The UNet, for MoE stats and hooks. */
 struct sd_unet *sd_pipeline_unet(sd_pipeline *p);
 
 typedef struct sd_txt2img_params {
     const char *prompt;           /* required */
-    const char *negative_prompt;  /* NULL = absent (encoded as "") */
+    const char *negative_prompt;  /* NULL = absent: encoded as "", or zeros when sd_pipeline_zero_negative */
     int width, height;            /* pixels, multiples of the VAE factor */
     int steps;                    /* num_inference_steps */
     double cfg_scale;             /* guidance; <= 1 evaluates the cond half only */
     sd_sampler_id sampler;
     int karras;                   /* SD_KARRAS_* */
-    int clip_skip;                /* 0 or 1 = last layer; A1111 numbering */
+    int clip_skip;                /* A1111 numbering; 0 = unset.  SD 1.x: 0 or 1 = last layer;
+                                     SDXL: 0..2 = penultimate (sdxl_conditioning.h) */
     sd_prompt_syntax syntax;
     int n_images;                 /* images in this call (>= 1) */
     const uint64_t *seeds;        /* [n_images]: the generator seed of each image */
     /* Optional per-image prompts (overrides prompt/negative_prompt when set). */
     const char *const *prompts;
     const char *const *negative_prompts;
+    /* SDXL micro-conditioning (time ids); must stay 0 for other models.
+     * 0 = default: original and target size = the image size, crop 0, 0. */
+    int original_width, original_height;
+    int target_width, target_height;
+    int crop_top, crop_left;      /* top-left corner of the crop, pixels (>= 0) */
+    int vae_tile;                 /* > 0: tiled VAE decode with this latent tile (a multiple of 4,
+                                     vae_decode_tiled; VAE_DEFAULT_TILE); 0 = the whole image at once */
 } sd_txt2img_params;
 
 typedef struct sd_txt2img_hooks {
@@ -82,6 +105,12 @@ typedef struct sd_txt2img_hooks {
                     const float *noise_pred, const float *latents, int64_t numel);
     /* After each UNet call, before the step (e.g. --moe-stats). */
     void (*on_unet_call)(void *ctx, int call, float timestep);
+    /* Once per request, after encoding: what the UNet is conditioned on —
+     * context [rows, n_ctx, hidden] (rows = [uncond x n, cond x n], or cond
+     * only without CFG), and for SDXL text_embeds [rows, text_dim] and
+     * time_ids [rows, n_time_ids] (NULL / 0 otherwise). */
+    void (*on_conditioning)(void *ctx, const float *context, int rows, int64_t n_ctx, int64_t hidden,
+                            const float *text_embeds, int text_dim, const float *time_ids, int n_time_ids);
     void *ctx;
 } sd_txt2img_hooks;
 

@@ -129,6 +129,35 @@ Test(cli_generate, same_settings_same_bytes, .timeout = 300) {
     free(dir);
 }
 
+/* --vae-tiling at a size larger than one tile (40x36 latents, tiles of
+ * VAE_DEFAULT_TILE = 32): another image (the tiles are blended), the same
+ * parameters chunk (A1111 does not record VAE tiling; its "Tiling" key is the
+ * seamless-texture option, not this). */
+Test(cli_generate, vae_tiling_flag, .timeout = 300) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    char *dir = tst_tmpdir(), *model = tst_fixture_path("tiny-sd15");
+    char *a = tmp_file(dir, "whole.png"), *b = tmp_file(dir, "tiled.png");
+    char args[4096];
+    const char *common = "-p 'a lighthouse' -W 320 -H 288 --steps 2 --sampler euler -s 3";
+    snprintf(args, sizeof args, "-m %s %s -o %s", model, common, a);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    snprintf(args, sizeof args, "-m %s %s --vae-tiling -o %s", model, common, b);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    sd_image ia, ib;
+    sd_png_info pa, pb;
+    sd_error err = {0};
+    cr_assert_eq(sd_png_read(a, &ia, &pa, &err), 0, "%s", err.msg);
+    cr_assert_eq(sd_png_read(b, &ib, &pb, &err), 0, "%s", err.msg);
+    cr_assert(ia.width == 320 && ia.height == 288 && ib.width == 320 && ib.height == 288);
+    cr_expect_neq(memcmp(ia.rgb, ib.rgb, (size_t)320 * 288 * 3), 0, "--vae-tiling gave the untiled image");
+    const sd_png_text_chunk *ta = sd_png_info_find(&pa, "parameters"), *tb = sd_png_info_find(&pb, "parameters");
+    cr_assert(ta && tb);
+    cr_expect_str_eq(tb->text, ta->text);
+    sd_image_free(&ia), sd_image_free(&ib);
+    sd_png_info_free(&pa), sd_png_info_free(&pb);
+    free(a), free(b), free(model), free(dir);
+}
+
 /* Each bad input: exit non-zero, one "sdmoe:" line naming the problem, no file. */
 static void expect_error(const char *args_fmt, const char *needle) {
     char *dir = tst_tmpdir(), *out = tmp_file(dir, "never.png"), *errp = tmp_file(dir, "stderr.txt");

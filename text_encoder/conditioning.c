@@ -187,7 +187,12 @@ static void emphasis_original(float *z, const float *w, int rows, int hidden) {
 
 int sd_conditioning_encode_chunks(sd_clip_text *model, const sd_prompt_chunks *chunks, int layer,
                                   int final_norm, float *emb, sd_error *err) {
-    sd_clip_text_request req = {.hidden = emb, .layer = layer, .final_norm = final_norm};
+    return sd_conditioning_encode_chunks_pooled(model, chunks, layer, final_norm, emb, NULL, err);
+}
+
+int sd_conditioning_encode_chunks_pooled(sd_clip_text *model, const sd_prompt_chunks *chunks, int layer,
+                                         int final_norm, float *emb, float *pooled, sd_error *err) {
+    sd_clip_text_request req = {.hidden = emb, .layer = layer, .final_norm = final_norm, .pooled = pooled};
     if (sd_clip_text_forward(model, chunks->ids, chunks->n_chunks, chunks->chunk_len, &req, err)) return -1;
     const int H = sd_clip_text_get_config(model)->hidden_size;
     for (int c = 0; c < chunks->n_chunks; c++)
@@ -221,6 +226,7 @@ int sd_conditioning_encode(sd_tokenizer *tok, sd_clip_text *model, const char *p
 
 void sd_text_cond_free(sd_text_cond *c) {
     free(c->emb);
+    free(c->pooled);
     memset(c, 0, sizeof *c);
 }
 

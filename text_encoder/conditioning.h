@@ -60,11 +60,19 @@ void sd_prompt_chunks_free(sd_prompt_chunks *c);
  * emphasis where a chunk has a weight != 1. */
 int sd_conditioning_encode_chunks(sd_clip_text *model, const sd_prompt_chunks *chunks, int layer,
                                   int final_norm, float *emb, sd_error *err);
+/* The same, and (pooled != NULL) every chunk's pooled output [n_chunks,
+ * projection_dim or hidden] (clip_text.h: final_layer_norm of the last layer
+ * at the EOS, projected when the model has a projection; no emphasis), from
+ * the same forward pass. */
+int sd_conditioning_encode_chunks_pooled(sd_clip_text *model, const sd_prompt_chunks *chunks, int layer,
+                                         int final_norm, float *emb, float *pooled, sd_error *err);
 
 /* The embedding of one prompt. */
 typedef struct sd_text_cond {
     float *emb;       /* [n_chunks * chunk_len, hidden] (the UNet's context rows) */
     int n_chunks, chunk_len, hidden;
+    float *pooled;    /* [pooled_dim]: SDXL's pooled text embedding (sdxl_conditioning.h); NULL for SD 1.x */
+    int pooled_dim;
     int n_tokens, n_dropped;
     size_t n_invalid_utf8;
 } sd_text_cond;
