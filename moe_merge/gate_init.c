@@ -7,6 +7,7 @@
 #include "moe_merge/gate_init.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,18 +150,23 @@ static int check_recorders(const sd_gate_set *set, const expert_run *run, sd_err
     return 0;
 }
 
+double sd_gate_init_guidance(sd_segmoe_type type) {
+    return type == SD_SEGMOE_TYPE_SDXL ? SD_GATE_INIT_GUIDANCE_SDXL : SD_GATE_INIT_GUIDANCE;
+}
+
 /* The fixed recipe on the loaded expert pipeline. */
-static int run_txt2img(sd_pipeline *p, const sd_segmoe_expert *x, expert_run *run, sd_error *err) {
+static int run_txt2img(sd_pipeline *p, const sd_segmoe_config *cfg, const sd_segmoe_expert *x, expert_run *run,
+                       sd_error *err) {
     sd_txt2img_params q = {0};
     uint64_t seed = run->opt->seed + (uint64_t)run->expert;
     q.prompt = x->positive_prompt;
     q.negative_prompt = x->negative_prompt;
     sd_pipeline_default_size(p, &q.width, &q.height);
     q.steps = SD_GATE_INIT_STEPS;
-    q.cfg_scale = SD_GATE_INIT_GUIDANCE;
+    q.cfg_scale = sd_gate_init_guidance(cfg->type);
     q.sampler = SD_SAMPLER_DDPM; /* DDPMScheduler.from_config(expert's scheduler config) */
     q.karras = SD_KARRAS_FROM_CONFIG;
-    q.clip_skip = 1;
+    q.clip_skip = 1; /* SD 1.x: the last layer; SDXL: the penultimate (sdxl_conditioning.h) */
     q.syntax = SD_PROMPT_SYNTAX_PLAIN;
     q.n_images = 1;
     q.seeds = &seed;
@@ -182,6 +188,11 @@ static int run_expert(sd_gate_set *set, const sd_segmoe_config *cfg, const sd_ga
     sd_pipeline *p = NULL;
     sd_moe_plan plan = {0};
     int rc = sd_pipeline_load(&p, x->path, &po, err);
+    if (!rc) {
+        char role[32];
+        snprintf(role, sizeof role, "experts[%d]", e);
+        rc = sd_merge_check_type(cfg, sd_pipeline_model(p), role, err);
+    }
     if (!rc) rc = sd_moe_plan_build(&plan, &sd_pipeline_model(p)->unet, cfg->type, SD_SEGMOE_LAYERS_ALL, err);
     if (!rc) rc = e == 0 ? set_init(set, &plan, cfg->n_experts, err) : plan_matches(set, &plan, err);
     if (!rc) {
@@ -193,7 +204,7 @@ static int run_expert(sd_gate_set *set, const sd_segmoe_config *cfg, const sd_ga
         if (!run.acc || !run.rec) rc = sd_fail(err, "out of memory");
     }
     if (!rc) rc = attach(sd_pipeline_unet(p), set, &run, err);
-    if (!rc) rc = run_txt2img(p, x, &run, err);
+    if (!rc) rc = run_txt2img(p, cfg, x, &run, err);
     if (!rc) rc = check_recorders(set, &run, err);
     sd_moe_plan_free(&plan);
     free(run.acc);

@@ -6,21 +6,29 @@
  * what each covered module saw at the last UNet call into gate rows.
  *
  * For expert e (YAML order):
- *   - load expert e's own pipeline (tokenizer, text encoder, UNet, VAE) with
- *     sampler/pipeline; scheduler = DDPM from ITS scheduler config;
+ *   - load expert e's own pipeline (tokenizer, text encoder, UNet, VAE; SDXL:
+ *     both tokenizers and text encoders) with sampler/pipeline; scheduler =
+ *     DDPM from ITS scheduler config; its UNet must match cfg->type
+ *     (sd_merge_check_type);
  *   - observe, on every transformer block SegMoE covers (the block ranges of
  *     sd_moe_plan_build, ALL seven module kinds whatever moe_layers says),
  *     the input of ff, attn1.to_q/k/v, attn2.to_q/k/v;
  *   - txt2img: positive prompt with the negative prompt, tokenised literally
- *     (plain syntax, as SegMoE's diffusers pipeline), 25 steps, guidance 7.5,
- *     size = unet sample_size x VAE factor, generator seed S + e;
+ *     (plain syntax, as SegMoE's diffusers pipeline), 25 steps, the
+ *     pipeline's default guidance (sd: 7.5, sdxl: 5.0), size = unet
+ *     sample_size x VAE factor, generator seed S + e; SDXL: the negative
+ *     prompt is encoded (given, so not zeroed), the pooled embedding of
+ *     text_encoder_2 and the default time ids (original = target = the
+ *     image size, crop 0, 0);
  *   - each module keeps only the input of its LAST call (t = 1 for DDPM;
- *     attn2.to_k/to_v see the 77 context tokens once per request), the
+ *     attn2.to_k/to_v see the 77 context tokens once per request: SDXL's
+ *     context is both encoders' states concatenated), the
  *     conditional half (batch item 1 of [uncond, cond]), h = (sum over the
  *     S tokens) / S -> hidden_mean row e;
  *   - gate row e = h / max(||h||_2, 1e-8); stacked rows = gate.weight [E, D_in].
  * SegMoE's run is unseeded; with the seeds above the result equals the
- * fixtures' gates (fixtures/moe/README.md, "Gate initialisation").
+ * fixtures' gates (fixtures/moe/README.md and fixtures/sdxl/moe/README.md,
+ * "Gate initialisation").
  *
  * Memory: one running mean of D_in floats per module and expert (the
  * observer reduces each call's rows immediately); one expert pipeline is
@@ -43,9 +51,14 @@
 #include "sampler/pipeline.h"
 
 /* SegMoE's fixed recipe (segmoe/main.py line 1297: pipe(prompt, negative_prompt,
- * num_inference_steps=25) with the pipeline's default guidance 7.5). */
+ * num_inference_steps=25) with the pipeline's default guidance:
+ * StableDiffusionPipeline 7.5, StableDiffusionXLPipeline 5.0). */
 #define SD_GATE_INIT_STEPS 25
 #define SD_GATE_INIT_GUIDANCE 7.5
+#define SD_GATE_INIT_GUIDANCE_SDXL 5.0
+
+/* The gate runs' guidance for a config type. */
+double sd_gate_init_guidance(sd_segmoe_type type);
 
 typedef struct sd_gate_init_options {
     uint64_t seed;                        /* expert e's generator is seeded seed + e */

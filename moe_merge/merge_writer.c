@@ -274,7 +274,7 @@ static int try_block(unet_src *s, int *cap, const char *block, int n_layers, int
  * completeness check below catches any key no name reached). */
 static int enumerate_mapped(unet_src *s, int *cap, sd_error *err) {
     static const char *const top[] = {"conv_in", "conv_out", "conv_norm_out", "time_embedding.linear_1",
-                                      "time_embedding.linear_2"};
+                                      "time_embedding.linear_2", "add_embedding.linear_1", "add_embedding.linear_2"};
     sd_component *u = &s->m.unet;
     int ch[16], lay[16], dep[16], n_levels, n_lay, n_dep;
     if (sd_json_int_list(u->config, u->config_path, "block_out_channels", ch, 16, &n_levels, err) ||
@@ -702,7 +702,39 @@ static cJSON *pair(const char *a, const char *b) {
     return arr;
 }
 
+/* StableDiffusionXLPipeline.save_pretrained's model_index.json: the
+ * components, force_zeros_for_empty_prompt (the base's, default true) and
+ * the optional image_encoder / feature_extractor as null. */
+static int write_model_index_sdxl(merge_ctx *c, sd_error *err) {
+    const cJSON *base_idx = c->base.m.model_index;
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return sd_fail(err, "out of memory");
+    cJSON_AddStringToObject(j, "_class_name", "StableDiffusionXLPipeline");
+    cJSON_AddStringToObject(j, "_diffusers_version", MERGE_DIFFUSERS_VERSION);
+    cJSON_AddStringToObject(j, "_name_or_path", c->cfg->base_model);
+    cJSON_AddItemToObject(j, "feature_extractor", pair(NULL, NULL));
+    const cJSON *fz = cJSON_GetObjectItemCaseSensitive(base_idx, "force_zeros_for_empty_prompt");
+    cJSON_AddBoolToObject(j, "force_zeros_for_empty_prompt", !cJSON_IsFalse(fz));
+    cJSON_AddItemToObject(j, "image_encoder", pair(NULL, NULL));
+    cJSON_AddItemToObject(j, "scheduler", pair("diffusers", "DDPMScheduler"));
+    static const char *const comps[][3] = {{"text_encoder", "transformers", "CLIPTextModel"},
+                                           {"text_encoder_2", "transformers", "CLIPTextModelWithProjection"},
+                                           {"tokenizer", "transformers", "CLIPTokenizer"},
+                                           {"tokenizer_2", "transformers", "CLIPTokenizer"},
+                                           {"unet", "diffusers", "UNet2DConditionModel"},
+                                           {"vae", "diffusers", "AutoencoderKL"}};
+    for (int i = 0; i < 6; i++) {
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(base_idx, comps[i][0]);
+        int keep = strcmp(comps[i][0], "unet") && cJSON_IsArray(b) && cJSON_GetArraySize(b) == 2;
+        cJSON_AddItemToObject(j, comps[i][0], keep ? cJSON_Duplicate(b, 1) : pair(comps[i][1], comps[i][2]));
+    }
+    int rc = write_json(c->tmp_dir, "model_index.json", j, err);
+    cJSON_Delete(j);
+    return rc;
+}
+
 static int write_model_index(merge_ctx *c, sd_error *err) {
+    if (c->cfg->type == SD_SEGMOE_TYPE_SDXL) return write_model_index_sdxl(c, err);
     const cJSON *base_idx = c->base.m.model_index;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "_class_name", "StableDiffusionPipeline");
@@ -766,6 +798,10 @@ static int write_unet_config(merge_ctx *c, sd_error *err) {
     if (!cJSON_IsObject(u->config)) return sd_fail(err, "%s: expected a JSON object", u->config_path);
     cJSON *j = cJSON_Duplicate(u->config, 1);
     int rc;
+    /* diffusers records where the pipeline's UNet was loaded from */
+    char *origin = str_fmt("%s/unet", c->cfg->base_model);
+    if (origin) set_item(j, "_name_or_path", cJSON_CreateString(origin));
+    free(origin);
     cJSON *s = cJSON_Duplicate(c->cfg->yaml, 1);
     set_item(s, "num_experts", cJSON_CreateNumber(c->cfg->n_experts));
     set_item(s, "num_experts_per_tok", cJSON_CreateNumber(c->cfg->num_experts_per_tok));
@@ -870,9 +906,10 @@ static char *component_dir(const sd_component *comp) {
 
 static int copy_components(merge_ctx *c, sd_error *err) {
     sd_model *m = &c->base.m;
-    const sd_component *comps[2] = {&m->text_encoder, &m->vae};
+    const int sdxl = c->cfg->type == SD_SEGMOE_TYPE_SDXL;
+    const sd_component *comps[3] = {&m->text_encoder, &m->vae, &m->text_encoder_2};
     int rc = 0;
-    for (int i = 0; !rc && i < 2; i++) {
+    for (int i = 0; !rc && i < (sdxl ? 3 : 2); i++) {
         if (!comps[i]->present) return sd_fail(err, "%s: the base model has no %s", m->path, comps[i]->name);
         char *dir = component_dir(comps[i]);
         rc = dir ? copy_component(c, comps[i]->name, dir, comps[i]->files, comps[i]->n_files, err)
@@ -880,6 +917,10 @@ static int copy_components(merge_ctx *c, sd_error *err) {
         free(dir);
     }
     if (!rc) rc = copy_component(c, "tokenizer", m->tokenizer_dir, NULL, 0, err);
+    if (!rc && sdxl) {
+        if (!m->tokenizer_2_dir) return sd_fail(err, "%s: the base model has no tokenizer_2", m->path);
+        rc = copy_component(c, "tokenizer_2", m->tokenizer_2_dir, NULL, 0, err);
+    }
     return rc;
 }
 
@@ -955,6 +996,25 @@ static int open_sources(merge_ctx *c, sd_error *err) {
     return 0;
 }
 
+int sd_merge_model_is_sdxl(const sd_model *m) {
+    const cJSON *t = m->unet.present ? cJSON_GetObjectItemCaseSensitive(m->unet.config, "addition_embed_type") : NULL;
+    return cJSON_IsString(t) && !strcmp(t->valuestring, "text_time");
+}
+
+int sd_merge_check_type(const sd_segmoe_config *cfg, const sd_model *m, const char *role, sd_error *err) {
+    const int sdxl = sd_merge_model_is_sdxl(m);
+    if (cfg->type == SD_SEGMOE_TYPE_SDXL && !sdxl)
+        return sd_fail(err, "%s: type: sdxl%s, but %s %s is not an SDXL model (its UNet config has no "
+                            "addition_embed_type \"text_time\"); set `type: sd` for SD 1.x models",
+                       cfg->yaml_path, cfg->type_given ? "" : " (SegMoE's default when `type` is absent)", role,
+                       m->path);
+    if (cfg->type == SD_SEGMOE_TYPE_SD && sdxl)
+        return sd_fail(err, "%s: type: sd, but %s %s is an SDXL model (its UNet has addition_embed_type "
+                            "\"text_time\"); set `type: sdxl`",
+                       cfg->yaml_path, role, m->path);
+    return 0;
+}
+
 static int fetch_gates(merge_ctx *c, sd_error *err) {
     const int E = c->cfg->n_experts;
     if (!(c->gates = calloc((size_t)c->plan.n_modules + 1, sizeof *c->gates))) return sd_fail(err, "out of memory");
@@ -1025,12 +1085,11 @@ static int write_folder(merge_ctx *c, const char *out_dir, sd_merge_summary *sum
 int sd_merge_write(const sd_segmoe_config *cfg, const char *out_dir, const sd_merge_options *opt,
                    sd_merge_summary *summary, sd_error *err) {
     merge_ctx c = {.cfg = cfg, .opt = opt};
-    if (cfg->type != SD_SEGMOE_TYPE_SD) return sd_fail(err, "%s: type: %s is not supported yet", cfg->yaml_path,
-                                                       sd_segmoe_type_name(cfg->type));
     if (opt->dtype != SD_MERGE_DTYPE_AUTO && opt->dtype != ST_F32 && opt->dtype != ST_F16 && opt->dtype != ST_BF16)
         return sd_fail(err, "merge: output dtype must be f32, f16 or bf16");
     int rc = sd_merge_check_output(out_dir, err);
     if (!rc) rc = open_sources(&c, err);
+    if (!rc) rc = sd_merge_check_type(cfg, &c.base.m, "base_model", err);
     if (!rc) rc = sd_moe_plan_build(&c.plan, &c.base.m.unet, cfg->type, cfg->moe_layers, err);
     if (!rc) {
         c.dtype = opt->dtype == SD_MERGE_DTYPE_AUTO ? dominant_dtype(&c.base) : (st_dtype)opt->dtype;

@@ -9,19 +9,26 @@
  *
  * Output folder (what SegMoE's save_pretrained writes, and what its loader
  * requires):
- *   model_index.json            StableDiffusionPipeline; safety_checker and
+ *   model_index.json            type sd: StableDiffusionPipeline; safety_checker
+ *                               and feature_extractor null.  type sdxl:
+ *                               StableDiffusionXLPipeline with text_encoder_2 /
+ *                               tokenizer_2, force_zeros_for_empty_prompt (the
+ *                               base's, default true), image_encoder and
  *                               feature_extractor null
  *   scheduler/scheduler_config.json   DDPMScheduler: the base's scheduler
  *                               fields plus DDPM's defaults for absent keys
  *                               (as DDPMScheduler.from_config + save)
  *   text_encoder/ tokenizer/ vae/     byte copies of the base's files (the
- *                               configs and other small files of each
- *                               folder plus the weight files the model
+ *   (sdxl: + text_encoder_2/    configs and other small files of each
+ *    tokenizer_2/)              folder plus the weight files the model
  *                               loader chose; other weight files are skipped)
- *   unet/config.json            the base UNet config + "segmoe_config": the
+ *   unet/config.json            the base UNet config with _name_or_path
+ *                               "<base_model>/unet" (as diffusers saves it)
+ *                               + "segmoe_config": the
  *                               YAML mapping as parsed, with num_experts,
  *                               num_experts_per_tok, moe_layers, type and
- *                               {down,up}_idx_{start,end} set, plus
+ *                               {down,up}_idx_{start,end} set (sd: down
+ *                               [0,3) up [1,4); sdxl: down [1,3) up [0,2)), plus
  *                               "sdmoe": {format, format_version, seed, init, dtype}
  *   unet/diffusion_pytorch_model.safetensors   one file, SegMoE's key names:
  *       every base tensor except the replaced FF / q,k,v weights, unchanged;
@@ -130,9 +137,17 @@ typedef struct sd_merge_summary {
  * (u * (hi - lo) + lo per value).  gates[i] must hold E * in_dim floats. */
 void sd_merge_random_gates(const sd_moe_plan *plan, int n_experts, uint64_t seed, float *const *gates);
 
+/* 1 if the model's UNet is SDXL's (addition_embed_type "text_time"). */
+int sd_merge_model_is_sdxl(const sd_model *m);
+/* The YAML's `type` against a model (`role` names it: "base_model",
+ * "experts[1]"): sdxl needs an SDXL UNet, sd a UNet without added
+ * conditioning; the error names the YAML, the type and the model. */
+int sd_merge_check_type(const sd_segmoe_config *cfg, const sd_model *m, const char *role, sd_error *err);
+
 /* Checks the base and every expert (diffusers folders, same UNet
  * architecture: the first mismatched tensor and both shapes are named),
- * builds the plan, fetches the gates and writes the folder.  `summary` may
+ * the YAML's type against the base (sd_merge_check_type), builds the plan,
+ * fetches the gates and writes the folder.  `summary` may
  * be NULL.  On failure nothing is left at out_dir. */
 int sd_merge_write(const sd_segmoe_config *cfg, const char *out_dir, const sd_merge_options *opt,
                    sd_merge_summary *summary, sd_error *err);

@@ -635,9 +635,7 @@ static int parse_root(sd_segmoe_config *cfg, sd_error *err) {
     int v;
     if (parse_enum(cfg, root, "type", types, SD_SEGMOE_TYPE_SDXL, NULL, &v, err)) return -1;
     cfg->type = (sd_segmoe_type)v;
-    if (cfg->type == SD_SEGMOE_TYPE_SDXL)
-        return sd_fail(err, "%s: type: sdxl%s is not supported yet (only SD 1.x: set `type: sd`)", cfg->yaml_path,
-                       cJSON_GetObjectItemCaseSensitive(root, "type") ? "" : " (SegMoE's default when `type` is absent)");
+    cfg->type_given = cJSON_GetObjectItemCaseSensitive(root, "type") != NULL;
     if (has_nonempty(root, "loras")) return sd_fail(err, "%s: loras: LoRAs are not supported yet", cfg->yaml_path);
     if (parse_enum(cfg, root, "moe_layers", layers, SD_SEGMOE_LAYERS_ATTN,
                    "; SegMoE would silently treat it as 'all'", &v, err))

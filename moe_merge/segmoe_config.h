@@ -13,8 +13,9 @@
  *   moe_layers           ff | attn | all, default attn (SegMoE's default); any
  *                        other value is an error naming it (SegMoE silently
  *                        treats it as "all")
- *   type                 sd | sdxl, default sdxl (SegMoE's default); sdxl is
- *                        "not supported yet"
+ *   type                 sd | sdxl, default sdxl (SegMoE's default); the
+ *                        merge checks it against the base model's UNet
+ *                        (sdxl <=> addition_embed_type "text_time")
  *   experts[]            required, non-empty: source_model, positive_prompt,
  *                        negative_prompt (both required, strings); loras ->
  *                        "not supported yet"
@@ -72,6 +73,7 @@ typedef struct sd_segmoe_config {
     int num_experts_per_tok;
     sd_segmoe_layers moe_layers;
     sd_segmoe_type type;
+    int type_given;        /* 1 if the YAML has `type` (else SegMoE's default, sdxl) */
     sd_segmoe_init init;
     int n_experts;
     sd_segmoe_expert *experts;

@@ -173,8 +173,7 @@ Test(segmoe_config, schema_errors) {
     expect_error(HEAD "num_experts_per_tok: 3\n" VALID_EXPERTS, "num_experts_per_tok", "(2)");
     expect_error(HEAD "num_experts_per_tok: two\n" VALID_EXPERTS, "num_experts_per_tok", "integer");
     expect_error(HEAD "init: sometimes\n" VALID_EXPERTS, "init", "'sometimes'");
-    expect_error("base_model: ../tiny-sd15\n" VALID_EXPERTS, "sdxl", "not supported yet");
-    expect_error("base_model: ../tiny-sd15\ntype: sdxl\n" VALID_EXPERTS, "sdxl", "not supported yet");
+    /* type: sdxl (also the default) is read; the merge checks it against the base (test_sdxl_moe.c) */
     expect_error("base_model: ../tiny-sd15\ntype: sd3\n" VALID_EXPERTS, "type", "'sd3'");
     expect_error(HEAD "loras:\n  - source_model: x.safetensors\n" VALID_EXPERTS, "loras", "not supported yet");
     expect_error(HEAD "experts:\n  - source_model: ../tiny-sd15\n    positive_prompt: a\n    negative_prompt: b\n"
