@@ -520,7 +520,10 @@ static void v_resnet(unet_walk *W, const char *p, int64_t ci, int64_t co, int64_
     W->ops = keep;
 }
 
-/* Mid block: resnet, single-head attention over all pixels, resnet. */
+/* Mid block: resnet, single-head attention over all pixels, resnet.  As
+ * vae/vae_forward.c runs it: the GroupNorm writes NHWC token rows, to_out's
+ * result is added into the activation (fused into the GEMM in NHWC, one
+ * conversion in a blocked layout). */
 static void v_mid(unet_walk *W, const char *coder, int64_t ch, int64_t h, int64_t w, int ops) {
     char p[NAME_CAP];
     bench_oplist *keep = W->ops;
@@ -528,14 +531,15 @@ static void v_mid(unet_walk *W, const char *coder, int64_t ch, int64_t h, int64_
     fmtn(p, "%s.mid_block.resnets.0", coder), v_resnet(W, p, ch, ch, h, w, ops);
     if (!ops) W->ops = NULL;
     fmtn(p, "%s.mid_block.attentions.0.group_norm", coder), w_norm(W, p, ch);
-    W_OP(W, BOP_GN, 0, W->n, h * w, ch, W->groups, 0, 0, 0, 0);
+    W_OP(W, BOP_GN, 0, W->n, h * w, ch, W->groups, 0, 1, 0, 0);
     const char *leaf[4] = {"to_q", "to_k", "to_v", "to_out.0"};
     for (int i = 0; i < 4; i++) {
         W_T(W, BI_WEIGHT, 2, ch, ch, 0, 0, "%s.mid_block.attentions.0.%s.weight", coder, leaf[i]);
         W_T(W, BI_BIAS, 1, ch, 0, 0, 0, "%s.mid_block.attentions.0.%s.bias", coder, leaf[i]);
-        W_OP(W, BOP_LINEAR, 0, rows, ch, ch, 1, i == 3, 0, 0, 0);
+        W_OP(W, BOP_LINEAR, 0, rows, ch, ch, 1, i == 3, i == 3, 0, 0);
         if (i == 2) W_OP(W, BOP_ATTN, 0, W->n, h * w, h * w, 1, ch, 0, 0, 0);
     }
+    W_OP(W, BOP_TOKENS_ADD, 0, W->n, ch, h * w, 0, 0, 0, 0, 0);
     W->ops = keep;
     fmtn(p, "%s.mid_block.resnets.1", coder), v_resnet(W, p, ch, ch, h, w, ops);
 }
@@ -566,9 +570,9 @@ int bench_vae_arch(const cJSON *cfg, bench_inventory *inv, bench_oplist *ops, in
     w_norm(&W, "encoder.conv_norm_out", ch[nl - 1]);
     w_conv(&W, "encoder.conv_out", ch[nl - 1], 2 * lat, 3, 1, 1, 1, 0);
     w_conv(&W, "quant_conv", 2 * lat, 2 * lat, 1, 1, 1, 1, 0);
-    /* decoder: inventory and ops of one decode */
+    /* decoder: inventory and ops of one decode (vae_forward.c: latents / scaling_factor
+     * and post_quant_conv stay NCHW, conv_in reads NCHW) */
     W.ops = ops;
-    W_OP(&W, BOP_LAYOUT, 0, n, lat, h, w, 0, 0, 0, 0);
     w_conv(&W, "post_quant_conv", lat, lat, 1, 1, h, w, 0);
     w_conv(&W, "decoder.conv_in", lat, ch[nl - 1], 3, 1, h, w, 0);
     v_mid(&W, "decoder", ch[nl - 1], h, w, 1);

@@ -6,8 +6,11 @@
  * CLIP + UNet + VAE loaded together through the real loaders: text
  * encoding of 2 prompts, the UNet CFG step (batch 2) at 64x64 and at 32x32
  * latents, the VAE decode 64x64 -> 512x512, with the peak RSS of that
- * phase; then the SegMoE 4x2 UNet alone; then the per-operation breakdown.
- * Every timing is the median of --reps calls after --warmup calls. */
+ * phase; then the VAE alone (decode-only, as the pipeline loads it): the
+ * whole-image and the tiled decode, each on a fresh model, with the peak RSS
+ * each adds; then the SegMoE 4x2 UNet alone; then the per-operation
+ * breakdown.  Every timing is the median of --reps calls after --warmup
+ * calls. */
 #include <cblas.h>
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -35,7 +38,7 @@
 
 typedef struct opts {
     int threads, json, quick, gemm_study, inventory, breakdown_only, reps, warmup, fresh, delete_weights;
-    int breakdown, moe, vae, text, sdxl;
+    int breakdown, moe, vae, text, sdxl, vae_only, vae_tile;
     double wait_idle_s;
     char dir[900];
     char tokenizer[900];
@@ -54,6 +57,8 @@ static void usage(FILE *f) {
             "                      a 9.6 GB f32 weight file once, ~10 GB of memory, minutes per step\n"
             "  --inventory         print parameter and MAC counts of the SD1.5 shapes, run nothing\n"
             "  --breakdown-only    only the per-operation replay of the 512^2 step (no weights needed)\n"
+            "  --vae-only          only the VAE: 512^2 decode whole and tiled, time and peak RSS of each\n"
+            "  --vae-tile N        latent tile of the tiled decode (default %d, as --vae-tiling)\n"
             "  --reps N            timed calls per figure, median reported (default 3, min 3 for\n"
             "                      figures; 1-2 allowed for smoke runs)\n"
             "  --warmup N          untimed calls first (default 1)\n"
@@ -65,13 +70,13 @@ static void usage(FILE *f) {
             "                      the machine is shared, see the cpu column)\n"
             "  --no-breakdown --no-moe --no-vae --no-text   skip parts of the full run\n"
             "  -h, --help          this text\n",
-            sd_default_threads());
+            VAE_DEFAULT_TILE, sd_default_threads());
 }
 
 static int parse_args(opts *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->threads = sd_default_threads();
-    o->reps = 3, o->warmup = 1, o->breakdown = o->moe = o->vae = o->text = 1;
+    o->reps = 3, o->warmup = 1, o->breakdown = o->moe = o->vae = o->text = 1, o->vae_tile = VAE_DEFAULT_TILE;
     const char *tmp = getenv("TMPDIR");
     snprintf(o->dir, sizeof o->dir, "%s/sdmoe-bench-weights", tmp && *tmp ? tmp : "/tmp");
     for (int i = 1; i < argc; i++) {
@@ -90,6 +95,10 @@ static int parse_args(opts *o, int argc, char **argv) {
         } else if (!strcmp(a, "--weights-dir") || !strcmp(a, "--tokenizer")) {
             if (!val) return fprintf(stderr, "sdmoe-bench: %s needs a directory\n", a), -1;
             snprintf(a[2] == 'w' ? o->dir : o->tokenizer, sizeof o->dir, "%s", val), i++;
+        } else if (!strcmp(a, "--vae-tile")) {
+            if (!val || atoi(val) < 4 || atoi(val) % 4)
+                return fprintf(stderr, "sdmoe-bench: %s needs a multiple of 4\n", a), -1;
+            o->vae_tile = atoi(val), i++;
         } else if (!strcmp(a, "--wait-idle")) {
             if (!val || atof(val) < 0) return fprintf(stderr, "sdmoe-bench: %s needs seconds\n", a), -1;
             o->wait_idle_s = atof(val), i++;
@@ -99,6 +108,7 @@ static int parse_args(opts *o, int argc, char **argv) {
         else if (!strcmp(a, "--inventory")) o->inventory = 1;
         else if (!strcmp(a, "--sdxl")) o->sdxl = 1;
         else if (!strcmp(a, "--breakdown-only")) o->breakdown_only = 1;
+        else if (!strcmp(a, "--vae-only")) o->vae_only = 1;
         else if (!strcmp(a, "--fresh-weights")) o->fresh = 1;
         else if (!strcmp(a, "--delete-weights")) o->delete_weights = 1;
         else if (!strcmp(a, "--no-breakdown")) o->breakdown = 0;
@@ -153,7 +163,7 @@ typedef struct measure {
     int done;
 } measure;
 
-enum { M_SGEMM, M_TEXT, M_UNET512, M_UNET256, M_VAE, M_MOE, M_COUNT };
+enum { M_SGEMM, M_TEXT, M_UNET512, M_UNET256, M_VAE, M_VAE_TILED, M_MOE, M_COUNT };
 
 /* One replayed breakdown (bench_breakdown.c) and what it is compared with. */
 typedef struct breakdown {
@@ -161,7 +171,7 @@ typedef struct breakdown {
     const bench_oplist *ops;
     const measure *step;  /* the measured call it explains (may be not done) */
     double replay_ms, cpu_share;
-    double conv_ms_alt;   /* VAE: its convolutions replayed in the UNet's blocked layout (-1: not run) */
+    double conv_ms_alt;   /* VAE: its convolutions replayed in the other layout (NHWC / nChw16c; -1: not run) */
     int alt_layout;
 } breakdown;
 
@@ -178,6 +188,10 @@ typedef struct bench {
     double unet_gmac512, unet_gmac256, moe_gmac512, vae_gmac, clip_gmac;
     double peak_rss_mb_512, moe_peak_rss_mb, load_ms, read_ms, set_ctx_ms, moe_load_ms;
     double rss_load[3], rss_end[3]; /* after loading / after the 512^2 phase: VmRSS, RssAnon, RssFile (MB) */
+    /* the VAE alone, [0] whole-image decode, [1] tiled: RSS after loading, peak RSS
+     * during the decodes, vae_workspace_bytes (MB); vae_layout = its activation layout */
+    double vae_rss_load[2], vae_peak[2], vae_ws[2];
+    int vae_done[2], vae_layout;
     int hwm_reset_ok, moe_layers, moe_ready, moe_total;
     bench_oplist ops512, opsvae;
     breakdown bd_unet, bd_vae;
@@ -347,10 +361,12 @@ out:
 typedef struct vae_run {
     vae_model *v;
     float *lat, *img;
+    int tile; /* 0: whole image */
 } vae_run;
 
 static int vae_call(void *p, sd_error *err) {
     vae_run *r = p;
+    if (r->tile) return vae_decode_tiled(r->v, r->lat, 1, 64, 64, r->tile, r->img, err);
     return vae_decode_latents(r->v, r->lat, 1, 64, 64, r->img, NULL, err);
 }
 
@@ -414,9 +430,9 @@ static int phase_dense(bench *B) {
     }
     if (load_unet(&u, &B->ucfg, &lu, B->comp[C_UNET].path, err)) goto out;
     if (with_vae) {
-        /* as sampler/pipeline.c: VAE_PART_ALL */
+        /* as sampler/pipeline.c: decode-only */
         if (open_binder(&lv, B->comp[C_VAE].path, "vae", 0, err) ||
-            vae_load(&vae, &B->vcfg, &lv.b, VAE_PART_ALL, err) || sd_binder_check_complete(&lv.b, err))
+            vae_load(&vae, &B->vcfg, &lv.b, VAE_PART_DECODER, err) || sd_binder_check_complete(&lv.b, err))
             goto out;
     }
     B->load_ms = bench_now_ms() - t0;
@@ -460,7 +476,7 @@ static int phase_dense(bench *B) {
             goto out;
         }
         bench_fill_uniform(lat, 4 * 64 * 64, 1.0f, SEED, 4242);
-        vae_run vr = {vae, lat, img};
+        vae_run vr = {vae, lat, img, 0};
         if (!B->o.json) printf("measuring %s ...\n", m->label), fflush(stdout);
         if (bench_time(&m->t, B->o.warmup, B->o.reps, vae_call, &vr, err)) goto out;
         if (check_finite(img, 3 * 512 * 512, "VAE decode", err)) goto out;
@@ -480,6 +496,48 @@ out:
     sd_clip_text_free(clip);
     sd_tokenizer_free(tok);
     sd_weights_free(lu.w), sd_weights_free(lv.w), sd_weights_free(lc.w);
+    return rc;
+}
+
+/* The VAE alone, loaded decode-only as sampler/pipeline.c loads it: the
+ * 64x64 -> 512^2 decode whole (timed here unless the dense phase timed it)
+ * and tiled (--vae-tile), each on a freshly loaded model (the workspace only
+ * grows), with VmHWM reset after loading, so vae_peak - vae_rss_load is what
+ * the decode adds: its workspace, the image, oneDNN's scratch. */
+static int phase_vae(bench *B) {
+    sd_error *err = &B->err;
+    int rc = 0;
+    for (int v = 0; v < 2 && !rc; v++) {
+        loaded l = {0};
+        vae_model *vae = NULL;
+        float *lat = malloc((size_t)(4 * 64 * 64) * 4), *img = malloc((size_t)(3 * 512 * 512) * 4);
+        rc = !lat || !img ? sd_fail(err, "bench: out of memory") : 0;
+        if (!rc) rc = open_binder(&l, B->comp[C_VAE].path, "vae", 0, err) ||
+                      vae_load(&vae, &B->vcfg, &l.b, VAE_PART_DECODER, err) || sd_binder_check_complete(&l.b, err);
+        if (!rc) {
+            B->vae_layout = vae_get_layout(vae);
+            bench_fill_uniform(lat, 4 * 64 * 64, 1.0f, SEED, 4242);
+            memset(img, 0, (size_t)(3 * 512 * 512) * 4);
+            B->vae_rss_load[v] = (double)bench_status_kb("VmRSS") / 1024.0;
+            bench_reset_hwm();
+            vae_run vr = {vae, lat, img, v ? B->o.vae_tile : 0};
+            measure *m = &B->m[v ? M_VAE_TILED : M_VAE];
+            if (m->done) { /* timed with the UNet loaded: one call for the peak */
+                rc = vae_call(&vr, err);
+            } else {
+                if (!B->o.json) printf("measuring %s ...\n", m->label), fflush(stdout);
+                rc = bench_time(&m->t, B->o.warmup, B->o.reps, vae_call, &vr, err);
+                m->done = !rc;
+            }
+            if (!rc) rc = check_finite(img, 3 * 512 * 512, m->label, err);
+            B->vae_peak[v] = (double)bench_status_kb("VmHWM") / 1024.0;
+            B->vae_ws[v] = mb((int64_t)vae_workspace_bytes(vae));
+            B->vae_done[v] = !rc;
+        }
+        vae_free(vae);
+        sd_weights_free(l.w);
+        free(lat), free(img);
+    }
     return rc;
 }
 
@@ -576,8 +634,8 @@ static cJSON *breakdown_json(const bench *B, const breakdown *bd) {
         add_num_or_null(o, "pct_peak", macs > 0 && ms > 0 && B->peak > 0, 100 * 2 * macs / (ms * 1e6) / B->peak);
     }
     if (bd->conv_ms_alt >= 0) {
-        cJSON_AddNumberToObject(b, "conv_ms_in_blocked_layout", bd->conv_ms_alt);
-        cJSON_AddStringToObject(b, "blocked_layout", layout_name(bd->alt_layout, lay, sizeof lay));
+        cJSON_AddNumberToObject(b, "conv_ms_in_other_layout", bd->conv_ms_alt);
+        cJSON_AddStringToObject(b, "other_layout", layout_name(bd->alt_layout, lay, sizeof lay));
     }
     cJSON *top = cJSON_AddArrayToObject(b, "top_ops");
     int *idx = ops_by_time(bd->ops);
@@ -635,7 +693,7 @@ static void print_breakdown(const bench *B, const char *title, const breakdown *
         printf("%-12s %9.1f\n", "total", bd->replay_ms);
     printf("replay cpu share %.2f%s\n", bd->cpu_share, bd->cpu_share < 0.9 ? " (the machine was busy: replayed times are inflated)" : "");
     if (bd->conv_ms_alt >= 0)
-        printf("the same convolutions in the UNet's %s layout: %.1f ms\n", layout_name(bd->alt_layout, lay, sizeof lay),
+        printf("the same convolutions in the %s layout: %.1f ms\n", layout_name(bd->alt_layout, lay, sizeof lay),
                bd->conv_ms_alt);
     printf("hottest calls:\n%-44s %-11s %6s %10s %10s %8s\n", "op", "category", "calls", "ms/call", "ms total",
            "GFLOP/s");
@@ -654,8 +712,9 @@ static void print_breakdown(const bench *B, const char *title, const breakdown *
     free(idx);
 }
 
-/* UNet step (its own layout), then the VAE decode (NHWC as vae/ runs it;
- * its convolutions again in the blocked layout when that differs). */
+/* UNet step and VAE decode, each in its own layout (both
+ * sd_preferred_layout()); the VAE's convolutions again in the other layout
+ * (NHWC when the preferred one is blocked, else nChw16c) for comparison. */
 static int run_breakdowns(bench *B) {
     unsigned all = (1u << BCAT_COUNT) - 1;
     breakdown *u = &B->bd_unet, *v = &B->bd_vae;
@@ -664,16 +723,16 @@ static int run_breakdowns(bench *B) {
     if (bench_replay(&B->ops512, u->layout, all, B->o.reps, &u->replay_ms, &u->cpu_share, &B->err)) return -1;
     u->done = 1;
     if (!B->o.vae) return 0;
-    *v = (breakdown){.layout = 0, .ops = &B->opsvae, .step = &B->m[M_VAE], .conv_ms_alt = -1};
+    *v = (breakdown){.layout = u->layout, .ops = &B->opsvae, .step = &B->m[M_VAE], .conv_ms_alt = -1};
     if (!B->o.json) printf("breakdown: replaying %d distinct kernel calls of the VAE decode ...\n", B->opsvae.n), fflush(stdout);
-    if (bench_replay(&B->opsvae, 0, all, B->o.reps, &v->replay_ms, &v->cpu_share, &B->err)) return -1;
+    if (bench_replay(&B->opsvae, v->layout, all, B->o.reps, &v->replay_ms, &v->cpu_share, &B->err)) return -1;
     v->done = 1;
-    if (u->layout != 0) {
+    {
         bench_oplist alt = {.ops = malloc((size_t)B->opsvae.n * sizeof(bench_op)), .n = B->opsvae.n, .cap = B->opsvae.n};
         if (!alt.ops) return sd_fail(&B->err, "bench: out of memory");
         memcpy(alt.ops, B->opsvae.ops, (size_t)alt.n * sizeof(bench_op));
-        int rc = bench_replay(&alt, u->layout, 1u << BCAT_CONV, B->o.reps, &v->conv_ms_alt, NULL, &B->err);
-        v->alt_layout = u->layout;
+        v->alt_layout = v->layout != 0 ? 0 : 16;
+        int rc = bench_replay(&alt, v->alt_layout, 1u << BCAT_CONV, B->o.reps, &v->conv_ms_alt, NULL, &B->err);
         bench_oplist_free(&alt);
         if (rc) return -1;
     }
@@ -699,7 +758,7 @@ static void emit_json(bench *B) {
     int bits = bench_vector_bits();
     cJSON_AddNumberToObject(j, "threads", B->o.threads);
     cJSON_AddStringToObject(j, "mode", B->o.gemm_study ? "gemm-study" : B->o.breakdown_only ? "breakdown-only"
-                                       : B->o.quick ? "quick" : "full");
+                                       : B->o.vae_only ? "vae-only" : B->o.quick ? "quick" : "full");
     cJSON_AddStringToObject(j, "cpu_model", cpu);
     cJSON_AddStringToObject(j, "fma_vectors", bits == 512 ? "avx512f" : bits == 256 ? "avx2+fma" : "sse");
     cJSON_AddStringToObject(j, "dnnl_isa", dnnl_cpu_isa2str(dnnl_get_effective_cpu_isa()));
@@ -726,6 +785,22 @@ static void emit_json(bench *B) {
     add_num_or_null(j, "vae_decode_ms_512", m[M_VAE].done, m[M_VAE].t.ms);
     add_num_or_null(j, "vae_decode_gmacs", m[M_VAE].done, gmacs(&m[M_VAE]));
     add_num_or_null(j, "vae_decode_pct_peak", m[M_VAE].done && B->peak > 0, pct_peak(B, gmacs(&m[M_VAE])));
+    add_num_or_null(j, "vae_decode_tiled_ms_512", m[M_VAE_TILED].done, m[M_VAE_TILED].t.ms);
+    if (B->vae_done[0] || B->vae_done[1]) {
+        char lay[32];
+        cJSON *o = cJSON_AddObjectToObject(j, "vae_alone");
+        cJSON_AddStringToObject(o, "activation_layout", layout_name(B->vae_layout, lay, sizeof lay));
+        cJSON_AddNumberToObject(o, "tile_latents", B->o.vae_tile);
+        const char *kind[2] = {"whole", "tiled"};
+        for (int v = 0; v < 2; v++) {
+            if (!B->vae_done[v]) continue;
+            cJSON *k = cJSON_AddObjectToObject(o, kind[v]);
+            cJSON_AddNumberToObject(k, "rss_after_load_mb", B->vae_rss_load[v]);
+            cJSON_AddNumberToObject(k, "peak_rss_mb", B->vae_peak[v]);
+            cJSON_AddNumberToObject(k, "decode_adds_mb", B->vae_peak[v] - B->vae_rss_load[v]);
+            cJSON_AddNumberToObject(k, "workspace_mb", B->vae_ws[v]);
+        }
+    }
     add_num_or_null(j, "text_encode_ms", m[M_TEXT].done, m[M_TEXT].t.ms);
     add_num_or_null(j, "text_encode_gmacs", m[M_TEXT].done, gmacs(&m[M_TEXT]));
     add_num_or_null(j, "moe_4x2_step_ms_512", m[M_MOE].done, m[M_MOE].t.ms);
@@ -822,6 +897,16 @@ static void emit_table(bench *B) {
         printf("RSS after load %.0f MB (anon %.0f: converted/reordered weights, workspaces; file %.0f: mapped "
                "weights); after the steps %.0f (anon %.0f, file %.0f)\n", B->rss_load[0], B->rss_load[1],
                B->rss_load[2], B->rss_end[0], B->rss_end[1], B->rss_end[2]);
+    if (B->vae_done[0] || B->vae_done[1]) {
+        char lay[32];
+        printf("VAE alone (decode-only load, %s activations): ", layout_name(B->vae_layout, lay, sizeof lay));
+        const char *kind[2] = {"whole-image decode", "tiled decode"};
+        for (int v = 0; v < 2; v++)
+            if (B->vae_done[v])
+                printf("%s%s: peak RSS %.0f MB = after load %.0f + %.0f (workspace %.0f MB)", v ? "; " : "", kind[v],
+                       B->vae_peak[v], B->vae_rss_load[v], B->vae_peak[v] - B->vae_rss_load[v], B->vae_ws[v]);
+        printf(" [tile %d latents]\n", B->o.vae_tile);
+    }
     if (B->m[M_MOE].done) printf("peak RSS SegMoE phase: %.0f MB\n", B->moe_peak_rss_mb);
     if (B->comp[C_UNET].bytes > 0)
         printf("load %.0f ms (read of the same files, page cache as is: %.0f ms); attn2 context K/V %.0f ms\n",
@@ -845,10 +930,12 @@ int main(int argc, char **argv) {
     }
     bench_loadavg(B.load_start);
     static const char *keys[M_COUNT] = {"sgemm_2048", "text_encode", "unet_step_512", "unet_step_256",
-                                        "vae_decode_512", "moe_4x2_step_512"};
+                                        "vae_decode_512", "vae_decode_tiled_512", "moe_4x2_step_512"};
+    static char tiled_label[64];
+    snprintf(tiled_label, sizeof tiled_label, "VAE decode 512^2, %d-latent tiles", B.o.vae_tile);
     static const char *labels[M_COUNT] = {"SGEMM 2048^3 (sd_gemm)", "text encode, 2 prompts",
                                           "UNet CFG step 512^2 (2x64x64)", "UNet CFG step 256^2 (2x32x32)",
-                                          "VAE decode 64x64 -> 512^2", "SegMoE 4x2 CFG step 512^2"};
+                                          "VAE decode 64x64 -> 512^2", tiled_label, "SegMoE 4x2 CFG step 512^2"};
     for (int i = 0; i < M_COUNT; i++) B.m[i].key = keys[i], B.m[i].label = labels[i];
     int rc = configs_make(&B);
     if (rc) goto fail;
@@ -857,6 +944,7 @@ int main(int argc, char **argv) {
     B.m[M_UNET512].gmac = B.unet_gmac512;
     B.m[M_UNET256].gmac = B.unet_gmac256;
     B.m[M_VAE].gmac = B.vae_gmac;
+    B.m[M_VAE_TILED].gmac = B.vae_gmac; /* per image (the tiles' overlap is extra work) */
     B.m[M_MOE].gmac = B.moe_gmac512;
     if (B.o.inventory) {
         print_inventory(&B);
@@ -894,6 +982,15 @@ int main(int argc, char **argv) {
         else emit_table(&B);
         goto done;
     }
+    if (B.o.vae_only) {
+        if (weights_make(&B, 1 << C_VAE)) goto fail;
+        B.peak = bench_peak_gflops(B.o.threads, bench_vector_bits(), &B.peak_median);
+        if (phase_vae(&B)) goto fail;
+        bench_loadavg(B.load_end);
+        if (B.o.json) emit_json(&B);
+        else emit_table(&B);
+        goto done;
+    }
     /* weights first: generating them allocates the whole file, which must not count in the peak RSS */
     int need = 1 << C_UNET;
     if (!B.o.quick) need |= (B.o.vae ? 1 << C_VAE : 0) | (B.o.text ? 1 << C_CLIP : 0) | (B.o.moe ? 1 << C_MOE : 0);
@@ -903,6 +1000,7 @@ int main(int argc, char **argv) {
     if (bench_sgemm_gflops(2048, B.o.reps < 5 ? 5 : B.o.reps, &B.m[M_SGEMM].t, &B.sgemm_gflops, &B.err)) goto fail;
     B.m[M_SGEMM].done = 1;
     if (phase_dense(&B)) goto fail;
+    if (!B.o.quick && B.o.vae && phase_vae(&B)) goto fail;
     if (!B.o.quick && B.o.moe && phase_moe(&B)) goto fail;
     if (!B.o.quick && B.o.breakdown && B.m[M_UNET512].done) {
         if (run_breakdowns(&B)) goto fail;
