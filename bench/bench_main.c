@@ -186,6 +186,7 @@ typedef struct bench {
     vae_config vcfg;
     sd_clip_text_config ccfg;
     double unet_gmac512, unet_gmac256, moe_gmac512, vae_gmac, clip_gmac;
+    double scratch_mb, unet_ws_mb; /* shared UNet/VAE scratch; what the 512^2 UNet step needs of it */
     double peak_rss_mb_512, moe_peak_rss_mb, load_ms, read_ms, set_ctx_ms, moe_load_ms;
     double rss_load[3], rss_end[3]; /* after loading / after the 512^2 phase: VmRSS, RssAnon, RssFile (MB) */
     /* the VAE alone, [0] whole-image decode, [1] tiled: RSS after loading, peak RSS
@@ -417,6 +418,7 @@ static int phase_dense(bench *B) {
     sd_tokenizer *tok = NULL;
     text_run tr = {0};
     float *ctx = NULL, *img = NULL, *lat = NULL;
+    sd_scratch scratch = {0}; /* the UNet's and the VAE's workspace, shared as sampler/pipeline.c does */
     int with_text = B->o.text && !B->o.quick, with_vae = B->o.vae && !B->o.quick;
     B->hwm_reset_ok = bench_reset_hwm() == 0;
     double t0 = bench_now_ms();
@@ -436,6 +438,8 @@ static int phase_dense(bench *B) {
             goto out;
     }
     B->load_ms = bench_now_ms() - t0;
+    sd_unet_share_scratch(u, &scratch);
+    if (vae) vae_share_scratch(vae, &scratch);
     rss_split(B->rss_load);
     {
         const char *paths[3];
@@ -483,6 +487,8 @@ static int phase_dense(bench *B) {
         m->done = 1;
     }
     if (!B->o.quick) B->peak_rss_mb_512 = (double)bench_status_kb("VmHWM") / 1024.0;
+    B->scratch_mb = mb((int64_t)scratch.bytes);
+    B->unet_ws_mb = mb((int64_t)sd_unet_workspace_bytes(u));
     rss_split(B->rss_end);
     if (unet_measure(B, &B->m[M_UNET256], u, 32, 32)) goto out;
     if (B->o.quick) B->peak_rss_mb_512 = -1;
@@ -493,6 +499,7 @@ out:
     free(ctx), free(img), free(lat);
     sd_unet_free(u);
     vae_free(vae);
+    sd_scratch_release(&scratch);
     sd_clip_text_free(clip);
     sd_tokenizer_free(tok);
     sd_weights_free(lu.w), sd_weights_free(lv.w), sd_weights_free(lc.w);
@@ -821,6 +828,8 @@ static void emit_json(bench *B) {
     add_num_or_null(j, "unet_weights_mb", loads, mb(B->comp[C_UNET].bytes));
     add_num_or_null(j, "peak_rss_mb_512", B->peak_rss_mb_512 > 0, B->peak_rss_mb_512);
     add_num_or_null(j, "peak_rss_over_weights_mb", B->peak_rss_mb_512 > 0, B->peak_rss_mb_512 - mb(wbytes));
+    add_num_or_null(j, "shared_scratch_mb", B->scratch_mb > 0, B->scratch_mb);
+    add_num_or_null(j, "unet_workspace_mb_512", B->unet_ws_mb > 0, B->unet_ws_mb);
     cJSON_AddBoolToObject(j, "peak_rss_reset_ok", B->hwm_reset_ok);
     if (loads) {
         cJSON *r = cJSON_AddObjectToObject(j, "rss_mb");
@@ -893,6 +902,8 @@ static void emit_table(bench *B) {
     if (B->peak_rss_mb_512 > 0)
         printf("peak RSS 512^2 phase: %.0f MB = weights %.0f MB + %.0f MB (target <= +600)%s\n", B->peak_rss_mb_512,
                mb(wbytes), B->peak_rss_mb_512 - mb(wbytes), B->hwm_reset_ok ? "" : " [VmHWM reset failed: lifetime peak]");
+    if (B->scratch_mb > 0)
+        printf("UNet/VAE shared scratch %.0f MB (the 512^2 UNet step needs %.0f of it)\n", B->scratch_mb, B->unet_ws_mb);
     if (B->comp[C_UNET].bytes > 0)
         printf("RSS after load %.0f MB (anon %.0f: converted/reordered weights, workspaces; file %.0f: mapped "
                "weights); after the steps %.0f (anon %.0f, file %.0f)\n", B->rss_load[0], B->rss_load[1],

@@ -37,3 +37,17 @@ void sd_big_free(void *p, size_t bytes) {
     }
     munmap(p, page_round(bytes));
 }
+
+void *sd_scratch_reserve(sd_scratch *s, size_t bytes) {
+    if (bytes <= s->bytes && s->base) return s->base;
+    sd_scratch_release(s); /* free first: never hold both sizes at once */
+    s->base = sd_big_alloc(bytes ? bytes : 64);
+    s->bytes = s->base ? (bytes ? bytes : 64) : 0;
+    return s->base;
+}
+
+void sd_scratch_release(sd_scratch *s) {
+    sd_big_free(s->base, s->bytes);
+    s->base = NULL;
+    s->bytes = 0;
+}

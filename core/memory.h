@@ -22,4 +22,21 @@ void *sd_big_alloc(size_t bytes);
 /* Frees a buffer of sd_big_alloc; `bytes` must be the size it was asked with. */
 void sd_big_free(void *p, size_t bytes);
 
+/* Scratch memory shared by modules that never compute at the same time: the
+ * UNet's activation workspace while sampling and the VAE's while decoding
+ * live in one set of pages instead of one each, so a generation's peak RSS
+ * is the weights plus the larger of the two, not their sum (issue 9).  The
+ * pages stay mapped between calls (no first-touch faults per image).
+ * Contents survive neither a call that grows it nor another user's call:
+ * only per-call temporaries may live there.  Zero-initialise with {0}. */
+typedef struct sd_scratch {
+    void *base;
+    size_t bytes;
+} sd_scratch;
+
+/* The region, grown to at least `bytes` (the old contents are dropped when it
+ * grows); NULL when out of memory, the scratch then being empty. */
+void *sd_scratch_reserve(sd_scratch *s, size_t bytes);
+void sd_scratch_release(sd_scratch *s);
+
 #endif

@@ -40,12 +40,15 @@ struct sd_pipeline {
     vae_config vcfg;
     sd_clip_text_config ccfg;
     int vae_factor;
+    sd_scratch scratch;               /* the UNet's and the VAE's activations: one set of pages */
     cached_cond cache[PROMPT_CACHE_SIZE];
     unsigned long use_clock;
 };
 
 sd_model *sd_pipeline_model(sd_pipeline *p) { return &p->model; }
 struct sd_unet *sd_pipeline_unet(sd_pipeline *p) { return p->unet; }
+struct vae_model *sd_pipeline_vae(sd_pipeline *p) { return p->vae; }
+size_t sd_pipeline_scratch_bytes(const sd_pipeline *p) { return p->scratch.bytes; }
 int sd_pipeline_vae_factor(const sd_pipeline *p) { return p->vae_factor; }
 int sd_pipeline_is_sdxl(const sd_pipeline *p) { return p->sdxl; }
 int sd_pipeline_zero_negative(const sd_pipeline *p) { return p->sdxl && p->force_zeros; }
@@ -170,6 +173,9 @@ int sd_pipeline_load(sd_pipeline **out, const char *model_path, const sd_pipelin
     if (opt) apply_moe_routing(p->unet, opt->moe_routing);
     report(opt, "load", 3, 4);
     if (load_vae(p, err)) goto fail;
+    /* sampling and decoding never overlap: peak RSS = weights + the larger workspace */
+    sd_unet_share_scratch(p->unet, &p->scratch);
+    vae_share_scratch(p->vae, &p->scratch);
     report(opt, "load", 4, 4);
     *out = p;
     return 0;
@@ -191,6 +197,7 @@ void sd_pipeline_free(sd_pipeline *p) {
     sd_clip_text_free(p->clip2);
     sd_tokenizer_free(p->tok2);
     sd_model_close(&p->model);
+    sd_scratch_release(&p->scratch);
     free(p);
 }
 

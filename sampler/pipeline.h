@@ -69,6 +69,9 @@ int sd_pipeline_is_sdxl(const sd_pipeline *p);
 int sd_pipeline_zero_negative(const sd_pipeline *p);
 /* The UNet, for MoE stats and hooks. */
 struct sd_unet *sd_pipeline_unet(sd_pipeline *p);
+struct vae_model *sd_pipeline_vae(sd_pipeline *p);
+/* Bytes of the activation scratch the UNet and the VAE share (core/memory.h). */
+size_t sd_pipeline_scratch_bytes(const sd_pipeline *p);
 
 typedef struct sd_txt2img_params {
     const char *prompt;           /* required */

@@ -9,6 +9,8 @@
 #include "core/image.h"
 #include "sampler/pipeline.h"
 #include "tests/support/test_support.h"
+#include "unet/unet.h"
+#include "vae/vae.h"
 
 typedef struct run_case {
     const char *name;
@@ -163,6 +165,32 @@ Test(pipeline, batched_images_equal_single_runs, .timeout = 300) {
         sd_txt2img_result_free(&one);
     }
     sd_txt2img_result_free(&both);
+    sd_pipeline_free(p);
+}
+
+/* The UNet and the VAE run in one shared scratch (peak RSS = weights + the
+ * larger workspace, issue 9); the VAE's decode scribbling over it must not
+ * change the next request. */
+Test(pipeline, unet_and_vae_share_one_scratch, .timeout = 300) {
+    sd_pipeline *p = load_tiny();
+    sd_error err = {0};
+    uint64_t seed = 5;
+    sd_txt2img_params q = {.prompt = "a lighthouse", .negative_prompt = "fog", .width = 64, .height = 96,
+                           .steps = 2, .cfg_scale = 7.5, .sampler = SD_SAMPLER_EULER,
+                           .karras = SD_KARRAS_FROM_CONFIG, .n_images = 1, .seeds = &seed};
+    sd_txt2img_result a, b;
+    cr_assert_eq(sd_pipeline_txt2img(p, &q, NULL, &a, &err), 0, "%s", err.msg);
+    size_t ub = sd_unet_workspace_bytes(sd_pipeline_unet(p));
+    size_t vb = vae_workspace_bytes(sd_pipeline_vae(p));
+    size_t sb = sd_pipeline_scratch_bytes(p), larger = ub > vb ? ub : vb;
+    cr_assert(ub > 0 && vb > 0, "unet %zu, vae %zu bytes", ub, vb);
+    /* the VAE pads each of its 6 buffers to 64 bytes inside the scratch */
+    cr_expect(sb >= larger && sb <= larger + 6 * 64, "scratch %zu bytes, unet %zu, vae %zu", sb, ub, vb);
+    cr_assert_eq(sd_pipeline_txt2img(p, &q, NULL, &b, &err), 0, "%s", err.msg);
+    cr_expect_eq(memcmp(a.vae_out, b.vae_out, (size_t)3 * 64 * 96 * sizeof(float)), 0,
+                 "second run after the VAE used the scratch differs");
+    sd_txt2img_result_free(&a);
+    sd_txt2img_result_free(&b);
     sd_pipeline_free(p);
 }
 

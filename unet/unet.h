@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/kernels.h"
 #include "core/weights.h"
 #include "unet/linear_layer.h"
@@ -167,6 +168,13 @@ const sd_unet_config *sd_unet_get_config(const sd_unet *u);
 /* Sizes the workspace for up to n latents of h x w and n_ctx context tokens
  * (optional: forward grows it when needed, which allocates). */
 int sd_unet_reserve(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, sd_error *err);
+
+/* Runs the activation workspace in `s` (core/memory.h) instead of the UNet's
+ * own pages, e.g. the one the VAE decodes in; s must outlive the UNet or be
+ * unset with NULL.  Nothing in the workspace survives between forward calls. */
+void sd_unet_share_scratch(sd_unet *u, sd_scratch *s);
+/* Bytes of workspace the latest reserve/forward needed. */
+size_t sd_unet_workspace_bytes(const sd_unet *u);
 
 /* Computes and caches attn2 K/V of every transformer block for context
  * [n, n_ctx, cross_attention_dim] (constant over a request's steps). */

@@ -90,15 +90,13 @@ static int workspace_ensure(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t
     int64_t total = pad16(p.x) + pad16(p.skips) + 5 * pad16(p.act) + 6 * pad16(p.tok) + pad16(p.lin) +
                     pad16(p.attn);
     unet_workspace *ws = &u->ws;
-    if ((size_t)total > ws->floats) {
-        sd_big_free(ws->base, ws->floats * sizeof(float));
-        ws->base = sd_big_alloc((size_t)total * sizeof(float));
-        ws->floats = ws->base ? (size_t)total : 0;
-        if (!ws->base)
-            return sd_fail(err, "unet: out of memory for a %lld x %lld x %lld workspace (%lld MB)", (long long)n,
-                           (long long)h, (long long)w, (long long)(total * 4 >> 20));
-    }
-    float *at = ws->base;
+    if (!ws->mem) ws->mem = &ws->own;
+    /* carved afresh on every call: a shared scratch may have moved since */
+    ws->need_bytes = (size_t)total * sizeof(float);
+    float *at = sd_scratch_reserve(ws->mem, ws->need_bytes);
+    if (!at)
+        return sd_fail(err, "unet: out of memory for a %lld x %lld x %lld workspace (%lld MB)", (long long)n,
+                       (long long)h, (long long)w, (long long)(total * 4 >> 20));
 #define CARVE(field, count) (ws->field = at, at += pad16(count))
     CARVE(x, p.x);
     CARVE(skips, p.skips);
@@ -119,6 +117,13 @@ static int workspace_ensure(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t
     ws->attn_scratch_floats = p.attn;
     ws->n = n, ws->h = h, ws->w = w, ws->n_ctx = n_ctx;
     return 0;
+}
+
+size_t sd_unet_workspace_bytes(const sd_unet *u) { return u->ws.need_bytes; }
+
+void sd_unet_share_scratch(sd_unet *u, sd_scratch *s) {
+    sd_scratch_release(&u->ws.own);
+    u->ws.mem = s ? s : &u->ws.own;
 }
 
 int sd_unet_reserve(sd_unet *u, int64_t n, int64_t h, int64_t w, int64_t n_ctx, sd_error *err) {

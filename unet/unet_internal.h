@@ -3,12 +3,14 @@
 #ifndef SDMOE_UNET_UNET_INTERNAL_H
 #define SDMOE_UNET_UNET_INTERNAL_H
 
+#include "core/memory.h"
 #include "unet/unet.h"
 
 /* Activation workspace, carved from one allocation (all NHWC). */
 typedef struct unet_workspace {
-    float *base;
-    size_t floats;
+    sd_scratch own;           /* the pages, unless shared (sd_unet_share_scratch) */
+    sd_scratch *mem;          /* &own, or the shared scratch */
+    size_t need_bytes;        /* what the latest forward carved */
     int64_t n, h, w, n_ctx;   /* what it was sized for */
     float *x;                 /* input [n, h, w, in_channels] */
     float *skips;             /* every res sample, in push order */

@@ -366,7 +366,7 @@ void sd_unet_free(sd_unet *u) {
     free(u->temb);
     free(u->temb_act);
     free(u->tvec);
-    sd_big_free(u->ws.base, u->ws.floats * sizeof(float));
+    sd_scratch_release(&u->ws.own);
     free(u->cap_buf);
     free(u);
 }

@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/weights.h"
 
 #define VAE_MAX_LEVELS 8
@@ -125,6 +126,11 @@ int vae_decode_tiled(vae_model *m, const float *latents, int64_t n, int64_t h, i
 /* Bytes held by the activation workspace and the tiled decode's buffers
  * (their high-water mark so far: the workspace only grows). */
 size_t vae_workspace_bytes(const vae_model *m);
+
+/* Runs the activation workspace in `s` (core/memory.h) instead of the model's
+ * own pages, e.g. the one the UNet samples in; s must outlive the model or be
+ * unset with NULL.  Nothing in the workspace survives between calls. */
+void vae_share_scratch(vae_model *m, sd_scratch *s);
 
 /* Activation layout between layers (core/kernels.h: SD_LAYOUT_NHWC, 8 or
  * 16); default sd_preferred_layout().  Results agree to rounding.  A layout

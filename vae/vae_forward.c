@@ -97,33 +97,43 @@ static int plan_encoder(const vae_model *m, int64_t n, int64_t h, int64_t w, vae
 
 /* --------------------------------------------------------------- workspace */
 
-static int grow(float **buf, size_t *cap, size_t want, sd_error *err) {
-    if (want <= *cap) return 0;
-    free(*buf);
-    *cap = 0;
-    size_t bytes = (want * sizeof(float) + 63) & ~(size_t)63;
-    *buf = aligned_alloc(64, bytes);
-    if (!*buf) return sd_fail(err, "vae: out of memory (%zu MB activation buffer)", bytes >> 20);
-    *cap = want;
+static size_t pad16z(size_t f) { return (f + 15) & ~(size_t)15; }
+
+static void raise_cap(size_t *cap, size_t want) {
+    if (want > *cap) *cap = want;
+}
+
+/* Carves x, s, t, qkv, scratch (and the probe's NHWC copy when probed = 1)
+ * out of one region, sized to the high-water marks so far. */
+static int ws_reserve(vae_ws *ws, const vae_need *nd, int probed, sd_error *err) {
+    if (!ws->mem) ws->mem = &ws->own;
+    raise_cap(&ws->cap_x, nd->act);
+    raise_cap(&ws->cap_s, nd->act);
+    raise_cap(&ws->cap_t, nd->t);
+    raise_cap(&ws->cap_qkv, nd->qkv);
+    raise_cap(&ws->cap_scratch, nd->scratch);
+    if (probed) raise_cap(&ws->cap_tap, nd->act);
+    size_t total = pad16z(ws->cap_x) + pad16z(ws->cap_s) + pad16z(ws->cap_t) + pad16z(ws->cap_qkv) +
+                   pad16z(ws->cap_scratch) + pad16z(ws->cap_tap);
+    float *at = sd_scratch_reserve(ws->mem, total * sizeof(float));
+    if (!at) return sd_fail(err, "vae: out of memory (%zu MB activation workspace)", (total * sizeof(float)) >> 20);
+    ws->x = at, at += pad16z(ws->cap_x);
+    ws->s = at, at += pad16z(ws->cap_s);
+    ws->t = at, at += pad16z(ws->cap_t);
+    ws->qkv = at, at += pad16z(ws->cap_qkv);
+    ws->scratch = at, at += pad16z(ws->cap_scratch);
+    ws->tap = ws->cap_tap ? at : NULL;
     return 0;
 }
 
-/* probed = 1: also the NHWC copy handed to a vae_probe (no larger than an activation). */
-static int ws_reserve(vae_ws *ws, const vae_need *nd, int probed, sd_error *err) {
-    return grow(&ws->x, &ws->cap_x, nd->act, err) || grow(&ws->s, &ws->cap_s, nd->act, err) ||
-           grow(&ws->t, &ws->cap_t, nd->t, err) || grow(&ws->qkv, &ws->cap_qkv, nd->qkv, err) ||
-           grow(&ws->scratch, &ws->cap_scratch, nd->scratch, err) ||
-           (probed && grow(&ws->tap, &ws->cap_tap, nd->act, err));
+void vae_ws_free(vae_ws *ws) {
+    sd_scratch_release(&ws->own);
+    memset(ws, 0, sizeof *ws);
 }
 
-void vae_ws_free(vae_ws *ws) {
-    free(ws->x);
-    free(ws->s);
-    free(ws->t);
-    free(ws->qkv);
-    free(ws->scratch);
-    free(ws->tap);
-    memset(ws, 0, sizeof *ws);
+void vae_share_scratch(vae_model *m, sd_scratch *s) {
+    sd_scratch_release(&m->ws.own);
+    m->ws.mem = s ? s : &m->ws.own;
 }
 
 size_t vae_workspace_bytes(const vae_model *m) {

@@ -76,12 +76,14 @@ typedef struct vae_coder {
  * hold activations in the model's layout (m->blk); the attention's token
  * rows (s, qkv, t) are NHWC. */
 typedef struct vae_ws {
+    sd_scratch own;       /* the pages, unless shared (vae_share_scratch) */
+    sd_scratch *mem;      /* &own, or the shared scratch; carved on every call */
     float *x, *s;         /* current activation and its spare (swapped) */
     float *t;             /* resnet conv1 output; attention to_out rows */
     float *qkv;           /* mid attention q | k | v rows */
     float *scratch;       /* sd_attention scratch */
     float *tap;           /* NHWC copy for a vae_probe (grown only when probed) */
-    size_t cap_x, cap_s, cap_t, cap_qkv, cap_scratch, cap_tap; /* floats */
+    size_t cap_x, cap_s, cap_t, cap_qkv, cap_scratch, cap_tap; /* floats, high-water marks */
 } vae_ws;
 
 struct vae_model {
