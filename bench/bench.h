@@ -19,6 +19,10 @@
  *                      call of the UNet step replayed at its real shape
  *                      through core/kernels.h, timed, and scaled by how often
  *                      the step makes it.
+ *   bench_startup.c    start to first sampling step through the real pipeline
+ *                      (sd_pipeline_load on a diffusers folder of links to
+ *                      the weight files), and the machine's anon first-touch
+ *                      rate that bounds it.
  *   bench_main.c       flags, the run plan, the table and the --json object.
  */
 #ifndef SDMOE_BENCH_BENCH_H
@@ -186,6 +190,30 @@ int bench_gemm_study(int threads, cJSON *json, int print, sd_error *err);
  * when print; adds "sdxl" {...} to json when json != NULL. */
 int bench_sdxl_step(const char *dir, int fresh, int warmup, int reps, double peak_gflops, int print, cJSON *json,
                     sd_error *err);
+
+/* ---------------------------------------------------------------- startup */
+
+typedef struct bench_startup_in {
+    const char *folder;        /* created: a diffusers folder of links and config.json files */
+    const char *unet_file, *vae_file, *clip_file, *tokenizer_dir;
+    int cold;                  /* drop the page cache (root) before the read and before the start */
+} bench_startup_in;
+
+typedef struct bench_startup_out {
+    double read_ms;            /* reading the three files once, page cache as it is */
+    double load_ms;            /* sd_pipeline_load */
+    double first_step_ms;      /* start -> the sampler starts step 1 of a 512^2 request */
+    double step_ms;            /* that first step (a CFG UNet call) */
+    double rss_first_step_mb, peak_rss_mb;
+    double anon_first_touch_gbps; /* 512 MB of fresh anonymous memory faulted in (memory.c's way) */
+} bench_startup_out;
+
+/* Opens the SD1.5-shaped files through sd_pipeline_load as `sdmoe generate`
+ * does and runs a 512^2, 1-step Euler request to the first sampling step. */
+int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *err);
+/* GB/s of faulting in `bytes` of fresh anonymous memory: on VMs whose host
+ * reclaims freed guest memory this, not the copy, bounds model loading. */
+double bench_anon_first_touch_gbps(size_t bytes);
 
 /* -------------------------------------------------------------- breakdown */
 

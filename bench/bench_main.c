@@ -38,7 +38,7 @@
 
 typedef struct opts {
     int threads, json, quick, gemm_study, inventory, breakdown_only, reps, warmup, fresh, delete_weights;
-    int breakdown, moe, vae, text, sdxl, vae_only, vae_tile;
+    int breakdown, moe, vae, text, sdxl, vae_only, vae_tile, startup, startup_only, cold;
     double wait_idle_s;
     char dir[900];
     char tokenizer[900];
@@ -58,6 +58,10 @@ static void usage(FILE *f) {
             "  --inventory         print parameter and MAC counts of the SD1.5 shapes, run nothing\n"
             "  --breakdown-only    only the per-operation replay of the 512^2 step (no weights needed)\n"
             "  --vae-only          only the VAE: 512^2 decode whole and tiled, time and peak RSS of each\n"
+            "  --startup-only      only start -> first sampling step of a 512^2 request through\n"
+            "                      sd_pipeline_load (a diffusers folder of links to the weight files)\n"
+            "  --cold              the startup figure from an empty page cache (root: drops it before\n"
+            "                      reading the files and again before starting)\n"
             "  --vae-tile N        latent tile of the tiled decode (default %d, as --vae-tiling)\n"
             "  --reps N            timed calls per figure, median reported (default 3, min 3 for\n"
             "                      figures; 1-2 allowed for smoke runs)\n"
@@ -68,7 +72,7 @@ static void usage(FILE *f) {
             "  --tokenizer DIR     CLIP tokenizer files (default assets/tokenizer next to the build)\n"
             "  --wait-idle S       first wait up to S seconds for a quiet machine (>= 85%% idle over 2 s;\n"
             "                      the machine is shared, see the cpu column)\n"
-            "  --no-breakdown --no-moe --no-vae --no-text   skip parts of the full run\n"
+            "  --no-breakdown --no-moe --no-vae --no-text --no-startup   skip parts of the full run\n"
             "  -h, --help          this text\n",
             VAE_DEFAULT_TILE, sd_default_threads());
 }
@@ -76,7 +80,7 @@ static void usage(FILE *f) {
 static int parse_args(opts *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->threads = sd_default_threads();
-    o->reps = 3, o->warmup = 1, o->breakdown = o->moe = o->vae = o->text = 1, o->vae_tile = VAE_DEFAULT_TILE;
+    o->reps = 3, o->warmup = 1, o->breakdown = o->moe = o->vae = o->text = o->startup = 1, o->vae_tile = VAE_DEFAULT_TILE;
     const char *tmp = getenv("TMPDIR");
     snprintf(o->dir, sizeof o->dir, "%s/sdmoe-bench-weights", tmp && *tmp ? tmp : "/tmp");
     for (int i = 1; i < argc; i++) {
@@ -115,6 +119,9 @@ static int parse_args(opts *o, int argc, char **argv) {
         else if (!strcmp(a, "--no-moe")) o->moe = 0;
         else if (!strcmp(a, "--no-vae")) o->vae = 0;
         else if (!strcmp(a, "--no-text")) o->text = 0;
+        else if (!strcmp(a, "--no-startup")) o->startup = 0;
+        else if (!strcmp(a, "--startup-only")) o->startup_only = 1;
+        else if (!strcmp(a, "--cold")) o->cold = 1;
         else {
             fprintf(stderr, "sdmoe-bench: unknown option '%s'\n", a);
             usage(stderr);
@@ -186,6 +193,8 @@ typedef struct bench {
     vae_config vcfg;
     sd_clip_text_config ccfg;
     double unet_gmac512, unet_gmac256, moe_gmac512, vae_gmac, clip_gmac;
+    bench_startup_out su;          /* start -> first step through the pipeline */
+    int su_done;
     double scratch_mb, unet_ws_mb; /* shared UNet/VAE scratch; what the 512^2 UNet step needs of it */
     double peak_rss_mb_512, moe_peak_rss_mb, load_ms, read_ms, set_ctx_ms, moe_load_ms;
     double rss_load[3], rss_end[3]; /* after loading / after the 512^2 phase: VmRSS, RssAnon, RssFile (MB) */
@@ -548,6 +557,18 @@ static int phase_vae(bench *B) {
     return rc;
 }
 
+/* Start -> first sampling step, as `sdmoe generate` runs it (bench_startup.c). */
+static int phase_startup(bench *B) {
+    char folder[1024];
+    snprintf(folder, sizeof folder, "%s/sd15-pipeline", B->o.dir);
+    bench_startup_in in = {folder, B->comp[C_UNET].path, B->comp[C_VAE].path, B->comp[C_CLIP].path, B->o.tokenizer,
+                          B->o.cold};
+    if (!B->o.json) printf("measuring start -> first sampling step (sd_pipeline_load, 512^2) ...\n"), fflush(stdout);
+    if (bench_startup(&in, &B->su, &B->err)) return -1;
+    B->su_done = 1;
+    return 0;
+}
+
 static int phase_moe(bench *B) {
     sd_error *err = &B->err;
     loaded l = {0};
@@ -765,7 +786,7 @@ static void emit_json(bench *B) {
     int bits = bench_vector_bits();
     cJSON_AddNumberToObject(j, "threads", B->o.threads);
     cJSON_AddStringToObject(j, "mode", B->o.gemm_study ? "gemm-study" : B->o.breakdown_only ? "breakdown-only"
-                                       : B->o.vae_only ? "vae-only" : B->o.quick ? "quick" : "full");
+                                       : B->o.vae_only ? "vae-only" : B->o.startup_only ? "startup-only" : B->o.quick ? "quick" : "full");
     cJSON_AddStringToObject(j, "cpu_model", cpu);
     cJSON_AddStringToObject(j, "fma_vectors", bits == 512 ? "avx512f" : bits == 256 ? "avx2+fma" : "sse");
     cJSON_AddStringToObject(j, "dnnl_isa", dnnl_cpu_isa2str(dnnl_get_effective_cpu_isa()));
@@ -828,6 +849,19 @@ static void emit_json(bench *B) {
     add_num_or_null(j, "unet_weights_mb", loads, mb(B->comp[C_UNET].bytes));
     add_num_or_null(j, "peak_rss_mb_512", B->peak_rss_mb_512 > 0, B->peak_rss_mb_512);
     add_num_or_null(j, "peak_rss_over_weights_mb", B->peak_rss_mb_512 > 0, B->peak_rss_mb_512 - mb(wbytes));
+    if (B->su_done) {
+        cJSON *o = cJSON_AddObjectToObject(j, "startup");
+        cJSON_AddBoolToObject(o, "cold_page_cache", B->o.cold);
+        cJSON_AddNumberToObject(o, "read_weights_ms", B->su.read_ms);
+        cJSON_AddNumberToObject(o, "pipeline_load_ms", B->su.load_ms);
+        cJSON_AddNumberToObject(o, "start_to_first_step_ms", B->su.first_step_ms);
+        cJSON_AddNumberToObject(o, "vs_read", B->su.first_step_ms / B->su.read_ms);
+        cJSON_AddNumberToObject(o, "first_step_ms", B->su.step_ms);
+        cJSON_AddNumberToObject(o, "rss_at_first_step_mb", B->su.rss_first_step_mb);
+        cJSON_AddNumberToObject(o, "peak_rss_mb", B->su.peak_rss_mb);
+        cJSON_AddNumberToObject(o, "anon_first_touch_gbps", B->su.anon_first_touch_gbps);
+    }
+    add_num_or_null(j, "start_to_first_step_ms", B->su_done, B->su.first_step_ms);
     add_num_or_null(j, "shared_scratch_mb", B->scratch_mb > 0, B->scratch_mb);
     add_num_or_null(j, "unet_workspace_mb_512", B->unet_ws_mb > 0, B->unet_ws_mb);
     cJSON_AddBoolToObject(j, "peak_rss_reset_ok", B->hwm_reset_ok);
@@ -902,9 +936,15 @@ static void emit_table(bench *B) {
     if (B->peak_rss_mb_512 > 0)
         printf("peak RSS 512^2 phase: %.0f MB = weights %.0f MB + %.0f MB (target <= +600)%s\n", B->peak_rss_mb_512,
                mb(wbytes), B->peak_rss_mb_512 - mb(wbytes), B->hwm_reset_ok ? "" : " [VmHWM reset failed: lifetime peak]");
+    if (B->su_done)
+        printf("start -> first sampling step (sd_pipeline_load + encode, 512^2): %.0f ms = %.2f x reading the files "
+               "once (%.0f ms; target <= 1.5 x); load %.0f ms; the step %.0f ms; peak RSS %.0f MB; fresh anonymous "
+               "memory faults in at %.2f GB/s here\n",
+               B->su.first_step_ms, B->su.first_step_ms / B->su.read_ms, B->su.read_ms, B->su.load_ms, B->su.step_ms,
+               B->su.peak_rss_mb, B->su.anon_first_touch_gbps);
     if (B->scratch_mb > 0)
         printf("UNet/VAE shared scratch %.0f MB (the 512^2 UNet step needs %.0f of it)\n", B->scratch_mb, B->unet_ws_mb);
-    if (B->comp[C_UNET].bytes > 0)
+    if (B->rss_load[0] > 0)
         printf("RSS after load %.0f MB (anon %.0f: converted/reordered weights, workspaces; file %.0f: mapped "
                "weights); after the steps %.0f (anon %.0f, file %.0f)\n", B->rss_load[0], B->rss_load[1],
                B->rss_load[2], B->rss_end[0], B->rss_end[1], B->rss_end[2]);
@@ -919,7 +959,7 @@ static void emit_table(bench *B) {
         printf(" [tile %d latents]\n", B->o.vae_tile);
     }
     if (B->m[M_MOE].done) printf("peak RSS SegMoE phase: %.0f MB\n", B->moe_peak_rss_mb);
-    if (B->comp[C_UNET].bytes > 0)
+    if (B->load_ms > 0)
         printf("load %.0f ms (read of the same files, page cache as is: %.0f ms); attn2 context K/V %.0f ms\n",
                B->load_ms, B->read_ms, B->set_ctx_ms);
     if (B->bd_unet.done) print_breakdown(B, "UNet CFG step 512^2", &B->bd_unet);
@@ -1002,6 +1042,13 @@ int main(int argc, char **argv) {
         else emit_table(&B);
         goto done;
     }
+    if (B.o.startup_only) {
+        if (weights_make(&B, 1 << C_UNET | 1 << C_VAE | 1 << C_CLIP) || phase_startup(&B)) goto fail;
+        bench_loadavg(B.load_end);
+        if (B.o.json) emit_json(&B);
+        else emit_table(&B);
+        goto done;
+    }
     /* weights first: generating them allocates the whole file, which must not count in the peak RSS */
     int need = 1 << C_UNET;
     if (!B.o.quick) need |= (B.o.vae ? 1 << C_VAE : 0) | (B.o.text ? 1 << C_CLIP : 0) | (B.o.moe ? 1 << C_MOE : 0);
@@ -1012,6 +1059,7 @@ int main(int argc, char **argv) {
     B.m[M_SGEMM].done = 1;
     if (phase_dense(&B)) goto fail;
     if (!B.o.quick && B.o.vae && phase_vae(&B)) goto fail;
+    if (!B.o.quick && B.o.vae && B.o.text && B.o.startup && phase_startup(&B)) goto fail;
     if (!B.o.quick && B.o.moe && phase_moe(&B)) goto fail;
     if (!B.o.quick && B.o.breakdown && B.m[M_UNET512].done) {
         if (run_breakdowns(&B)) goto fail;
