@@ -291,6 +291,8 @@ static cJSON *image_params(const batch_run *r, const job_plan *pl, uint64_t seed
     ok &= cJSON_AddStringToObject(o, "prompt_syntax", r->o->prompt_syntax) != NULL;
     ok &= cJSON_AddStringToObject(o, "model_hash", r->hash) != NULL;
     if (r->uc->moe_enabled) ok &= cJSON_AddStringToObject(o, "moe_routing", r->o->moe_routing) != NULL;
+    /* tiles blend differently from a whole-image decode: part of what an image was made with */
+    if (r->o->vae_tiling) ok &= cJSON_AddNumberToObject(o, "vae_tile", VAE_DEFAULT_TILE) != NULL;
     if (pl->sdxl) { /* SDXL only: SD 1.x params keys stay as they were */
         char v[64];
         snprintf(v, sizeof v, "%dx%d", pl->orig_w, pl->orig_h);

@@ -51,7 +51,7 @@ void gen_options_usage(const char *cmd, int batch_mode) {
            "      --target-size WxH    SDXL: target-size conditioning (default: the image size)\n"
            "      --crop-top-left T,L  SDXL: crop-coordinates conditioning, pixels (default 0,0)\n"
            "      --variant fp16       load the .fp16 weight files of a diffusers folder\n"
-           "      --model-config F     LDM yaml (or diffusers folder) describing a single-file model\n"
+           "      --model-config F     LDM / SGM yaml (or a diffusers folder) describing a single-file model\n"
            "      --moe-routing R      segmoe (default, SegMoE-identical) | per-token (Mixtral style)\n"
            "      --moe-stats FILE     write per-layer, per-step expert choices as JSON\n"
            "      --vae-tiling         VAE decode in overlapping tiles of 32 latents (diffusers' tiled_decode)\n"

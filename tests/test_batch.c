@@ -662,6 +662,33 @@ Test(batch_cli, batch_size_2_matches_single, .timeout = 300) {
     cJSON_Delete(man);
 }
 
+/* --vae-tiling is part of an image's parameters: recorded, and a rerun with
+ * it renders again instead of skipping the untiled images. */
+Test(batch_cli, vae_tiling_is_recorded_and_rerenders, .timeout = 300) {
+    char *dir = tst_tmpdir(), *jobs = path2(dir, "jobs.txt"), *out = path2(dir, "out"), *errp = path2(dir, "err");
+    write_text(jobs, "a red apple\n");
+    char *plain = fmt("--jobs %s -o %s " FAST " -s 3", jobs, out);
+    cr_assert_eq(run_batch(plain, errp), 0, "%s", read_text(errp));
+    cJSON *man = read_manifest(out, "manifest.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(man), 1);
+    cr_expect_null(cJSON_GetObjectItem(cJSON_GetArrayItem(man, 0), "vae_tile"));
+    cJSON_Delete(man);
+    char *tiled = fmt("--jobs %s -o %s " FAST " -s 3 --vae-tiling", jobs, out);
+    cr_assert_eq(run_batch(tiled, errp), 0, "%s", read_text(errp));
+    char *log = read_text(errp);
+    cr_expect(strstr(log, "1 rendered, 0 skipped"), "%s", log);
+    free(log);
+    man = read_manifest(out, "manifest.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(man), 2);
+    const cJSON *tile = cJSON_GetObjectItem(cJSON_GetArrayItem(man, 1), "vae_tile");
+    cr_expect(cJSON_IsNumber(tile) && tile->valueint == 32, "vae_tile recorded as the tile size");
+    cJSON_Delete(man);
+    cr_assert_eq(run_batch(tiled, errp), 0);
+    log = read_text(errp);
+    cr_expect(strstr(log, "0 rendered, 1 skipped"), "%s", log);
+    free(log);
+}
+
 Test(batch_cli, jobs_from_stdin, .timeout = 300) {
     char *dir = tst_tmpdir(), *jobs = path2(dir, "jobs.jsonl"), *out = path2(dir, "out"), *errp = path2(dir, "err");
     write_text(jobs, "{\"prompt\": \"from a pipe\", \"count\": 2, \"seed\": 3}\n");
