@@ -52,6 +52,8 @@ double bench_idle_fraction(double window_ms);
 void bench_loadavg(double out[3]);
 /* "model name" of /proc/cpuinfo into buf. */
 void bench_cpu_model(char *buf, size_t cap);
+/* Reads the files once, page cache as it is: the floor for start-up time. */
+double bench_read_files_ms(const char *const *paths, int n);
 /* Widest FMA vectors usable here: 512 (AVX-512F), 256 (AVX2+FMA) or 128. */
 int bench_vector_bits(void);
 

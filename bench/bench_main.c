@@ -316,20 +316,6 @@ static int load_unet(sd_unet **u, const sd_unet_config *cfg, loaded *l, const ch
     return sd_binder_check_complete(&l->b, err);
 }
 
-/* Reads the files once (page cache as it is): the floor for start-up time. */
-static double read_files_ms(const char *const *paths, int n) {
-    static char buf[1 << 24];
-    double t0 = bench_now_ms();
-    for (int i = 0; i < n; i++) {
-        FILE *f = fopen(paths[i], "rb");
-        if (!f) continue;
-        while (fread(buf, 1, sizeof buf, f) == sizeof buf) {
-        }
-        fclose(f);
-    }
-    return bench_now_ms() - t0;
-}
-
 /* ------------------------------------------------------------ measures */
 
 typedef struct unet_run {
@@ -456,7 +442,7 @@ static int phase_dense(bench *B) {
         paths[np++] = B->comp[C_UNET].path;
         if (with_vae) paths[np++] = B->comp[C_VAE].path;
         if (with_text) paths[np++] = B->comp[C_CLIP].path;
-        B->read_ms = read_files_ms(paths, np);
+        B->read_ms = bench_read_files_ms(paths, np);
     }
     ctx = malloc((size_t)(2 * 77 * 768) * 4);
     if (!ctx) {

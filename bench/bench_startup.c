@@ -101,20 +101,6 @@ static int make_folder(const bench_startup_in *in, sd_error *err) {
            link_to(in->folder, "tokenizer", in->tokenizer_dir, err);
 }
 
-/* Reads the files once (page cache as it is). */
-static double read_once_ms(const char *const *paths, int n) {
-    static char buf[1 << 24];
-    double t0 = bench_now_ms();
-    for (int i = 0; i < n; i++) {
-        FILE *f = fopen(paths[i], "rb");
-        if (!f) continue;
-        while (fread(buf, 1, sizeof buf, f) == sizeof buf) {
-        }
-        fclose(f);
-    }
-    return bench_now_ms() - t0;
-}
-
 typedef struct watch {
     double t0, load_done, first_step, first_step_done;
     double rss_first_step;
@@ -164,7 +150,7 @@ int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *
     if (make_folder(in, err)) return -1;
     const char *files[3] = {in->unet_file, in->vae_file, in->clip_file};
     if (in->cold && drop_page_cache(err)) return -1;
-    out->read_ms = read_once_ms(files, 3);
+    out->read_ms = bench_read_files_ms(files, 3);
     if (in->cold && drop_page_cache(err)) return -1;
     out->anon_first_touch_gbps = bench_anon_first_touch_gbps((size_t)512 << 20);
     watch w = {0};

@@ -154,3 +154,16 @@ int bench_time(bench_timing *t, int warmup, int reps, bench_fn fn, void *ctx, sd
     t->cpu_ms = cpu / reps;
     return 0;
 }
+
+double bench_read_files_ms(const char *const *paths, int n) {
+    static char buf[1 << 24];
+    double t0 = bench_now_ms();
+    for (int i = 0; i < n; i++) {
+        FILE *f = fopen(paths[i], "rb");
+        if (!f) continue;
+        while (fread(buf, 1, sizeof buf, f) == sizeof buf) {
+        }
+        fclose(f);
+    }
+    return bench_now_ms() - t0;
+}
