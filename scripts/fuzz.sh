@@ -5,6 +5,7 @@
 #   scripts/fuzz.sh all SECONDS       each target in turn, SECONDS each
 #   scripts/fuzz.sh list              the targets
 #   scripts/fuzz.sh triage TARGET     replay its crash artifacts, one line per distinct bug
+#   scripts/fuzz.sh seeds TARGET DIR  only write its seeds into DIR (no build; valgrind-parsers.sh)
 #
 # Build: build-fuzz/ (clang, -DSDMOE_FUZZ=ON -DSDMOE_SANITIZE=ON: libFuzzer +
 # ASan + UBSan).  Seeds are copied at run time from the fixtures
@@ -22,7 +23,7 @@ BUILD="$ROOT/build-fuzz"
 export SDMOE_FIXTURES="${SDMOE_FIXTURES:-$(cd .. && pwd)/shared/fixtures}"
 FX="$SDMOE_FIXTURES"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 targets() {
   local f
@@ -243,6 +244,7 @@ triage() {
 case "$1" in
 list) targets; exit 0 ;;
 triage) [ $# -eq 2 ] || usage; triage "$(normalise "$2")"; exit 0 ;;
+seeds) [ $# -eq 3 ] || usage; mkdir -p "$BUILD" "$3"; seed_target "$(normalise "$2")" "$3" >/dev/null; exit 0 ;;
 -h | --help) usage ;;
 esac
 [ $# -eq 2 ] || usage

@@ -2,11 +2,14 @@
 # Installs sdmoe's build and test dependencies from Debian's packages, then
 # configures and builds a Release build in build/.  Idempotent and
 # non-interactive: safe to run again at any time.
+#   BUILD_DIR=DIR          build folder (default build/); arguments go to cmake
+#   SETUP_TARGETS="a b"    build only these targets (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev
-          libstb-dev libcriterion-dev libcjson-dev libyaml-dev libutf8proc-dev libssl-dev)
+          libstb-dev libcriterion-dev libcjson-dev libyaml-dev libutf8proc-dev libssl-dev
+          valgrind)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,5 +25,6 @@ fi
 
 BUILD_DIR="${BUILD_DIR:-build}"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)"
+# shellcheck disable=SC2086
+cmake --build "$BUILD_DIR" -j"$(nproc)" ${SETUP_TARGETS:+--target $SETUP_TARGETS}
 echo "setup: built $BUILD_DIR/sdmoe"

@@ -309,11 +309,11 @@ Test(batch_jobs, sanitize_name) {
 /* ---- the manifest ---- */
 
 Test(batch_manifest, torn_line_is_ignored_and_ended) {
-    char *dir = tst_tmpdir();
-    write_text(path2(dir, "a.png"), "pixels");
+    char *dir = tst_tmpdir(), *png = path2(dir, "a.png");
+    write_text(png, "pixels");
     sd_error err = {0};
     char sha[65], key[65];
-    cr_assert_eq(sd_sha256_file(path2(dir, "a.png"), sha, &err), 0);
+    cr_assert_eq(sd_sha256_file(png, sha, &err), 0);
     cJSON *params = cJSON_Parse("{\"prompt\": \"p\", \"seed\": 1}");
     cr_assert_eq(batch_manifest_params_key(params, key, &err), 0);
     batch_manifest_writer w;
@@ -341,7 +341,7 @@ Test(batch_manifest, torn_line_is_ignored_and_ended) {
     cr_expect_eq(batch_manifest_is_done(&m, dir, "a.png", other), 0, "other parameters");
     batch_manifest_free(&m);
     /* the file changed: no longer done */
-    write_text(path2(dir, "a.png"), "other pixels");
+    write_text(png, "other pixels");
     cr_assert_eq(batch_manifest_load(dir, &m, &err), 0);
     cr_expect_eq(batch_manifest_is_done(&m, dir, "a.png", key), 0);
     batch_manifest_free(&m);
@@ -358,6 +358,9 @@ Test(batch_manifest, torn_line_is_ignored_and_ended) {
     cJSON_Delete(rec);
     cJSON_Delete(params);
     free(text);
+    free(mp);
+    free(png);
+    free(dir);
 }
 
 /* ---- through the executable ---- */
