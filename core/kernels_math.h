@@ -67,6 +67,39 @@ static inline sd_v8f sd_v8_exp(sd_v8f x) {
     return p * (sd_v8f)bits;
 }
 
+/* 16 lanes (one zmm with AVX-512, two ymm with AVX2) for the longest loops,
+ * with the same exp polynomial lane for lane as sd_v8_exp. */
+typedef float sd_v16f __attribute__((vector_size(64)));
+typedef int32_t sd_v16i __attribute__((vector_size(64)));
+
+static inline sd_v16f sd_v16_set(float x) { return (sd_v16f){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+static inline sd_v16f sd_v16_load(const float *p) {
+    sd_v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void sd_v16_store(float *p, sd_v16f v) { memcpy(p, &v, sizeof v); }
+static inline sd_v16f sd_v16_select(sd_v16i mask, sd_v16f a, sd_v16f b) {
+    return (sd_v16f)((mask & (sd_v16i)a) | (~mask & (sd_v16i)b));
+}
+static inline sd_v16f sd_v16_exp(sd_v16f x) {
+    x = sd_v16_select(x > sd_v16_set(-87.3f), x, sd_v16_set(-87.3f));
+    x = sd_v16_select(x < sd_v16_set(88.3f), x, sd_v16_set(88.3f));
+    const sd_v16f magic = sd_v16_set(12582912.0f);
+    sd_v16f fn = (x * sd_v16_set(1.44269504088896341f) + magic) - magic;
+    sd_v16f r = x - fn * sd_v16_set(0.693359375f);
+    r = r - fn * sd_v16_set(-2.12194440e-4f);
+    sd_v16f p = sd_v16_set(1.9875691500e-4f);
+    p = p * r + sd_v16_set(1.3981999507e-3f);
+    p = p * r + sd_v16_set(8.3334519073e-3f);
+    p = p * r + sd_v16_set(4.1665795894e-2f);
+    p = p * r + sd_v16_set(1.6666665459e-1f);
+    p = p * r + sd_v16_set(5.0000001201e-1f);
+    p = p * r * r + r + sd_v16_set(1.0f);
+    sd_v16i bits = (__builtin_convertvector(fn, sd_v16i) + 127) << 23;
+    return p * (sd_v16f)bits;
+}
+
 static inline sd_v8f sd_v8_sigmoid(sd_v8f x) { return sd_v8_set(1.0f) / (sd_v8_set(1.0f) + sd_v8_exp(-x)); }
 static inline sd_v8f sd_v8_silu(sd_v8f x) { return x / (sd_v8_set(1.0f) + sd_v8_exp(-x)); }
 
