@@ -108,7 +108,7 @@ seed_target() { # target dest -> prints "max_len dict"
     echo "65536 json.dict" ;;
   fuzz_ldm_yaml | fuzz_segmoe_yaml)
     copy_seeds "$dest" 65536 "$FX"/*.yaml "$FX"/moe/*.yaml "$FX"/sdxl/moe/*.yaml "$h"/ldm/*/model.yaml \
-      "$h"/segmoe/*.yaml >/dev/null
+      "$h"/segmoe/*.yaml tests/fuzz/seeds/*.yaml >/dev/null
     echo "65536 yaml.dict" ;;
   fuzz_image)
     copy_seeds "$dest" 65536 "$FX"/**/*.png "$h"/images/* >/dev/null

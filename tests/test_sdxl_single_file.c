@@ -358,92 +358,20 @@ static void open_fails(const char *path, const sd_model_options *opt, const char
 
 /* ---- the tiny SGM yaml (what an sd_xl_base.yaml for tiny-sdxl would say) ---- */
 
-static const char *const tiny_yaml =
-    "model:\n"
-    "  target: sgm.models.diffusion.DiffusionEngine\n"
-    "  params:\n"
-    "    scale_factor: 0.13025\n"
-    "    disable_first_stage_autocast: True\n"
-    "    denoiser_config:\n"
-    "      target: sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser\n"
-    "      params:\n"
-    "        num_idx: 1000\n"
-    "        scaling_config:\n"
-    "          target: sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling\n"
-    "        discretization_config:\n"
-    "          target: sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization\n"
-    "    network_config:\n"
-    "      target: sgm.modules.diffusionmodules.openaimodel.UNetModel\n"
-    "      params:\n"
-    "        adm_in_channels: 68\n"
-    "        num_classes: sequential\n"
-    "        use_checkpoint: True\n"
-    "        in_channels: 4\n"
-    "        out_channels: 4\n"
-    "        model_channels: 16\n"
-    "        attention_resolutions: [4, 2]\n"
-    "        num_res_blocks: 2\n"
-    "        channel_mult: [1, 2, 3]\n"
-    "        num_head_channels: 8\n"
-    "        use_linear_in_transformer: True\n"
-    "        transformer_depth: [1, 2, 3]\n"
-    "        context_dim: 40\n"
-    "        spatial_transformer_attn_type: softmax-xformers\n"
-    "    conditioner_config:\n"
-    "      target: sgm.modules.GeneralConditioner\n"
-    "      params:\n"
-    "        emb_models:\n"
-    "          - is_trainable: False\n"
-    "            input_key: txt\n"
-    "            target: sgm.modules.encoders.modules.FrozenCLIPEmbedder\n"
-    "            params:\n"
-    "              version: tiny-clip  # not a known model: sizes from the weights\n"
-    "              layer: hidden\n"
-    "              layer_idx: 2\n"
-    "          - is_trainable: False\n"
-    "            input_key: txt\n"
-    "            target: sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2\n"
-    "            params:\n"
-    "              arch: tiny-openclip\n"
-    "              version: none\n"
-    "              freeze: True\n"
-    "              layer: penultimate\n"
-    "              always_return_pooled: True\n"
-    "              legacy: False\n"
-    "          - is_trainable: False\n"
-    "            input_key: original_size_as_tuple\n"
-    "            target: sgm.modules.encoders.modules.ConcatTimestepEmbedderND\n"
-    "            params:\n"
-    "              outdim: 8\n"
-    "          - is_trainable: False\n"
-    "            input_key: crop_coords_top_left\n"
-    "            target: sgm.modules.encoders.modules.ConcatTimestepEmbedderND\n"
-    "            params:\n"
-    "              outdim: 8\n"
-    "          - is_trainable: False\n"
-    "            input_key: target_size_as_tuple\n"
-    "            target: sgm.modules.encoders.modules.ConcatTimestepEmbedderND\n"
-    "            params:\n"
-    "              outdim: 8\n"
-    "    first_stage_config:\n"
-    "      target: sgm.models.autoencoder.AutoencoderKLInferenceWrapper\n"
-    "      params:\n"
-    "        embed_dim: 4\n"
-    "        monitor: val/rec_loss\n"
-    "        ddconfig:\n"
-    "          attn_type: vanilla-xformers\n"
-    "          double_z: true\n"
-    "          z_channels: 4\n"
-    "          resolution: 256\n"
-    "          in_channels: 3\n"
-    "          out_ch: 3\n"
-    "          ch: 16\n"
-    "          ch_mult: [1, 1, 2, 2]\n"
-    "          num_res_blocks: 2\n"
-    "          attn_resolutions: []\n"
-    "          dropout: 0.0\n"
-    "        lossconfig:\n"
-    "          target: torch.nn.Identity\n";
+/* tests/fuzz/seeds/sgm_tiny_sdxl.yaml: also a seed of the yaml fuzzer */
+static const char *tiny_yaml_text(void) {
+    static char text[8192];
+    if (text[0]) return text;
+    char *path = tst_source_path("tests/fuzz/seeds/sgm_tiny_sdxl.yaml");
+    FILE *fp = fopen(path, "rb");
+    cr_assert_not_null(fp, "cannot read %s", path);
+    size_t n = fread(text, 1, sizeof text - 1, fp);
+    fclose(fp);
+    cr_assert(n > 0 && n < sizeof text - 1, "%s: %zu bytes", path, n);
+    text[n] = '\0';
+    free(path);
+    return text;
+}
 
 /* text with the first occurrence of `from` replaced by `to` (malloc'd). */
 static char *replace_in(const char *text, const char *from, const char *to) {
@@ -455,7 +383,7 @@ static char *replace_in(const char *text, const char *from, const char *to) {
     return s;
 }
 
-static char *yaml_with(const char *from, const char *to) { return replace_in(tiny_yaml, from, to); }
+static char *yaml_with(const char *from, const char *to) { return replace_in(tiny_yaml_text(), from, to); }
 
 #define REQUIRE_TINY_SDXL() \
     if (!tst_require_fixture("sdxl/tiny-sdxl/model_index.json")) return
@@ -634,7 +562,7 @@ Test(sdxl_single_file, sgm_yaml_beside_the_file) {
     char *dir = tst_tmpdir(), *folder = tst_fixture_path("sdxl/tiny-sdxl"), *assets = tst_source_path("assets");
     char *ckpt = write_sdxl_ckpt(dir, "my-xl", NULL);
     char *yaml = strf2("%s/%s", dir, "my-xl.yaml");
-    write_text(yaml, tiny_yaml);
+    write_text(yaml, tiny_yaml_text());
     sd_model_options opt = {.assets_dir = assets};
     sd_model s, f;
     open_ok(&s, ckpt, &opt);
@@ -677,10 +605,10 @@ Test(sdxl_single_file, sgm_yaml_beside_the_file) {
     sd_model_close(&f);
 
     /* without conditioner_config: the time-id width comes from the weights ((68 - 20) / 6) */
-    const char *c0 = strstr(tiny_yaml, "    conditioner_config:\n"), *c1 = strstr(tiny_yaml, "    first_stage_config:\n");
+    const char *c0 = strstr(tiny_yaml_text(), "    conditioner_config:\n"), *c1 = strstr(tiny_yaml_text(), "    first_stage_config:\n");
     cr_assert(c0 && c1 && c0 < c1);
-    char *cut = malloc(strlen(tiny_yaml) + 1);
-    snprintf(cut, strlen(tiny_yaml) + 1, "%.*s%s", (int)(c0 - tiny_yaml), tiny_yaml, c1);
+    char *cut = malloc(strlen(tiny_yaml_text()) + 1);
+    snprintf(cut, strlen(tiny_yaml_text()) + 1, "%.*s%s", (int)(c0 - tiny_yaml_text()), tiny_yaml_text(), c1);
     write_text(yaml, cut);
     free(cut);
     open_ok(&s, ckpt, &opt);
@@ -840,7 +768,7 @@ Test(sdxl_single_file, sgm_yaml_refusals) {
         sd_model_options lo = {.model_config = ldm, .assets_dir = assets};
         open_fails(ckpt, &lo, "LDM (SD 1.x) yaml", "sd_xl_base.yaml");
         free(ldm);
-        write_text(yaml, tiny_yaml);
+        write_text(yaml, tiny_yaml_text());
         char *sd15 = tst_fixture_path("tiny-sd15.safetensors");
         open_fails(sd15, &opt, "SDXL (sgm DiffusionEngine) config", "other.yaml");
         free(sd15);
