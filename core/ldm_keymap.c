@@ -41,9 +41,7 @@ static const char *eat_table(const char *s, const pair *tab, size_t n, const cha
     return NULL;
 }
 
-/* snprintf into out[cap]; -1 when it does not fit. */
-static int emit(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int emit(char *out, size_t cap, const char *fmt, ...) {
+int ldm_key_format(char *out, size_t cap, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(out, cap, fmt, ap);
@@ -77,10 +75,10 @@ static int unet_block_item(const char *rest, int n, int n_items, int attn_ok, ch
     const char *r, *to;
     if ((r = eat_index(eat(rest, "resnets."), &j)) && j < n_items) {
         const char *leaf = eat_table(r, unet_resnet_parts, N_OF(unet_resnet_parts), &to);
-        return is_leaf(leaf) ? emit(out, cap, "%s.%d.0.%s%s", top, n + j, to, leaf) : -1;
+        return is_leaf(leaf) ? ldm_key_format(out, cap, "%s.%d.0.%s%s", top, n + j, to, leaf) : -1;
     }
     if ((r = eat_index(eat(rest, "attentions."), &j)) && j < n_items && attn_ok && *r)
-        return emit(out, cap, "%s.%d.1.%s", top, n + j, r);
+        return ldm_key_format(out, cap, "%s.%d.1.%s", top, n + j, r);
     return -1;
 }
 
@@ -93,7 +91,7 @@ static int unet_down(const ldm_unet_layout *lay, const char *s, char *out, size_
     const char *leaf = eat(rest, "downsamplers.0.conv.");
     if (leaf)
         return (i < lay->n_levels - 1 && is_leaf(leaf))
-                   ? emit(out, cap, "input_blocks.%d.0.op.%s", base + lay->layers[i], leaf)
+                   ? ldm_key_format(out, cap, "input_blocks.%d.0.op.%s", base + lay->layers[i], leaf)
                    : -1;
     return unet_block_item(rest, base, lay->layers[i], 1, out, cap, "input_blocks");
 }
@@ -109,7 +107,7 @@ static int unet_up(const ldm_unet_layout *lay, const char *s, char *out, size_t 
     const char *leaf = eat(rest, "upsamplers.0.conv.");
     if (leaf)
         return (i < L - 1 && is_leaf(leaf))
-                   ? emit(out, cap, "output_blocks.%d.%d.conv.%s", base + n_items - 1, 1 + lay->up_attn[i], leaf)
+                   ? ldm_key_format(out, cap, "output_blocks.%d.%d.conv.%s", base + n_items - 1, 1 + lay->up_attn[i], leaf)
                    : -1;
     return unet_block_item(rest, base, n_items, lay->up_attn[i], out, cap, "output_blocks");
 }
@@ -119,9 +117,9 @@ static int unet_mid(const char *s, char *out, size_t cap) {
     const char *r, *to;
     if ((r = eat_index(eat(s, "resnets."), &j)) && j < 2) {
         const char *leaf = eat_table(r, unet_resnet_parts, N_OF(unet_resnet_parts), &to);
-        return is_leaf(leaf) ? emit(out, cap, "middle_block.%d.%s%s", 2 * j, to, leaf) : -1;
+        return is_leaf(leaf) ? ldm_key_format(out, cap, "middle_block.%d.%s%s", 2 * j, to, leaf) : -1;
     }
-    if ((r = eat(s, "attentions.0.")) && *r) return emit(out, cap, "middle_block.1.%s", r);
+    if ((r = eat(s, "attentions.0.")) && *r) return ldm_key_format(out, cap, "middle_block.1.%s", r);
     return -1;
 }
 
@@ -129,7 +127,7 @@ int ldm_unet_key(const ldm_unet_layout *lay, const char *name, char *out, size_t
     const char *r, *to;
     if (lay->n_levels < 1 || lay->n_levels > LDM_MAX_LEVELS) return -1;
     if ((r = eat_table(name, unet_fixed, N_OF(unet_fixed), &to)))
-        return is_leaf(r) ? emit(out, cap, "%s%s", to, r) : -1;
+        return is_leaf(r) ? ldm_key_format(out, cap, "%s%s", to, r) : -1;
     if ((r = eat(name, "down_blocks."))) return unet_down(lay, r, out, cap);
     if ((r = eat(name, "up_blocks."))) return unet_up(lay, r, out, cap);
     if ((r = eat(name, "mid_block."))) return unet_mid(r, out, cap);
@@ -159,7 +157,7 @@ static int vae_resnet(const char *s, int n_items, const char *side, const char *
     const char *to, *r = eat_index(eat(s, "resnets."), &j);
     if (!r || j >= n_items) return -1;
     const char *leaf = eat_table(r, vae_resnet_parts, N_OF(vae_resnet_parts), &to);
-    return is_leaf(leaf) ? emit(out, cap, "%s.%s.block.%d.%s%s", side, ldm, j, to, leaf) : -1;
+    return is_leaf(leaf) ? ldm_key_format(out, cap, "%s.%s.block.%d.%s%s", side, ldm, j, to, leaf) : -1;
 }
 
 static int vae_updown(const ldm_vae_layout *lay, const char *s, const char *side, char *out, size_t cap) {
@@ -172,7 +170,7 @@ static int vae_updown(const ldm_vae_layout *lay, const char *s, const char *side
     const char *leaf = eat(rest, up ? "upsamplers.0.conv." : "downsamplers.0.conv.");
     if (leaf)
         return (i < lay->n_levels - 1 && is_leaf(leaf))
-                   ? emit(out, cap, "%s.%s.%s.conv.%s", side, ldm, up ? "upsample" : "downsample", leaf)
+                   ? ldm_key_format(out, cap, "%s.%s.%s.conv.%s", side, ldm, up ? "upsample" : "downsample", leaf)
                    : -1;
     return vae_resnet(rest, 1000, side, ldm, out, cap);
 }
@@ -182,11 +180,11 @@ static int vae_mid(const char *s, const char *side, char *out, size_t cap) {
     const char *r, *to;
     if ((r = eat_index(eat(s, "resnets."), &j)) && j < 2) {
         const char *leaf = eat_table(r, vae_resnet_parts, N_OF(vae_resnet_parts), &to);
-        return is_leaf(leaf) ? emit(out, cap, "%s.mid.block_%d.%s%s", side, j + 1, to, leaf) : -1;
+        return is_leaf(leaf) ? ldm_key_format(out, cap, "%s.mid.block_%d.%s%s", side, j + 1, to, leaf) : -1;
     }
     if ((r = eat(s, "attentions.0."))) {
         const char *leaf = eat_table(r, vae_attn_parts, N_OF(vae_attn_parts), &to);
-        return is_leaf(leaf) ? emit(out, cap, "%s.mid.attn_1.%s%s", side, to, leaf) : -1;
+        return is_leaf(leaf) ? ldm_key_format(out, cap, "%s.mid.attn_1.%s%s", side, to, leaf) : -1;
     }
     return -1;
 }
@@ -195,13 +193,13 @@ int ldm_vae_key(const ldm_vae_layout *lay, const char *name, char *out, size_t c
     const char *r, *to;
     if (lay->n_levels < 1 || lay->n_levels > LDM_MAX_LEVELS) return -1;
     if ((r = eat(name, "quant_conv.")) || (r = eat(name, "post_quant_conv.")))
-        return is_leaf(r) ? emit(out, cap, "%s", name) : -1;
+        return is_leaf(r) ? ldm_key_format(out, cap, "%s", name) : -1;
     const char *side = NULL;
     if ((r = eat(name, "encoder."))) side = "encoder";
     else if ((r = eat(name, "decoder."))) side = "decoder";
     else return -1;
     const char *leaf = eat_table(r, vae_side_fixed, N_OF(vae_side_fixed), &to);
-    if (leaf) return is_leaf(leaf) ? emit(out, cap, "%s.%s%s", side, to, leaf) : -1;
+    if (leaf) return is_leaf(leaf) ? ldm_key_format(out, cap, "%s.%s%s", side, to, leaf) : -1;
     const char *s;
     if ((s = eat(r, side[0] == 'e' ? "down_blocks." : "up_blocks."))) return vae_updown(lay, s, side, out, cap);
     if ((s = eat(r, "mid_block."))) return vae_mid(s, side, out, cap);
@@ -213,7 +211,7 @@ int ldm_vae_key(const ldm_vae_layout *lay, const char *name, char *out, size_t c
 int ldm_clip_strip_text_model(const char *name, char *out, size_t cap, int *slice_index, int *slice_count) {
     *slice_index = *slice_count = 0;
     const char *r = eat(name, "text_model.");
-    return r ? emit(out, cap, "%s", r) : -1;
+    return r ? ldm_key_format(out, cap, "%s", r) : -1;
 }
 
 /* ---- sd_name_map_fn bridge: interned layouts, one trampoline per slot ---- */

@@ -65,6 +65,9 @@ typedef struct ldm_vae_layout {
 /* Translates a diffusers UNet / VAE tensor name to the LDM name (without the
  * component prefix) into out[cap].  Returns 0, or -1 when the name has no
  * counterpart (unknown field, index out of the layout's range, too long). */
+/* snprintf into out[cap] for a key name; -1 when it does not fit (also used by sgm_keymap). */
+int ldm_key_format(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 int ldm_unet_key(const ldm_unet_layout *lay, const char *name, char *out, size_t cap);
 int ldm_vae_key(const ldm_vae_layout *lay, const char *name, char *out, size_t cap);
 

@@ -1,9 +1,9 @@
 #include "core/sgm_keymap.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/ldm_keymap.h"
 #include "core/weights.h"
 
 typedef struct pair {
@@ -30,15 +30,6 @@ static const char *eat_index(const char *s, int *v) {
 /* "weight" or "bias" exactly. */
 static int is_param(const char *s) { return s && (!strcmp(s, "weight") || !strcmp(s, "bias")); }
 
-static int emit(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int emit(char *out, size_t cap, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, cap, fmt, ap);
-    va_end(ap);
-    return (n < 0 || (size_t)n >= cap) ? -1 : 0;
-}
-
 /* Whole names (textenc_conversion_lst). */
 static const pair fixed[] = {
     {"text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
@@ -63,23 +54,23 @@ static const char *const qkv[3] = {"self_attn.q_proj.", "self_attn.k_proj.", "se
 int sgm_openclip_key(const char *name, char *out, size_t cap, int *slice_index, int *slice_count) {
     *slice_index = *slice_count = 0;
     for (size_t i = 0; i < N_OF(fixed); i++)
-        if (!strcmp(name, fixed[i].from)) return emit(out, cap, "%s", fixed[i].to);
+        if (!strcmp(name, fixed[i].from)) return ldm_key_format(out, cap, "%s", fixed[i].to);
     if (!strcmp(name, "text_projection.weight")) {
         *slice_count = SD_MAP_TRANSPOSED;
-        return emit(out, cap, "text_projection");
+        return ldm_key_format(out, cap, "text_projection");
     }
     int layer;
     const char *r = eat_index(eat(name, "text_model.encoder.layers."), &layer), *leaf;
     if (!r) return -1;
     for (size_t i = 0; i < N_OF(layer_parts); i++)
         if ((leaf = eat(r, layer_parts[i].from)))
-            return is_param(leaf) ? emit(out, cap, "transformer.resblocks.%d.%s%s", layer, layer_parts[i].to, leaf) : -1;
+            return is_param(leaf) ? ldm_key_format(out, cap, "transformer.resblocks.%d.%s%s", layer, layer_parts[i].to, leaf) : -1;
     for (int i = 0; i < 3; i++)
         if ((leaf = eat(r, qkv[i]))) {
             if (!is_param(leaf)) return -1;
             *slice_index = i;
             *slice_count = 3;
-            return emit(out, cap, "transformer.resblocks.%d.attn.in_proj_%s", layer, leaf);
+            return ldm_key_format(out, cap, "transformer.resblocks.%d.attn.in_proj_%s", layer, leaf);
         }
     return -1;
 }
