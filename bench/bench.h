@@ -201,17 +201,26 @@ typedef struct bench_startup_in {
     int cold;                  /* drop the page cache (root) before the read and before the start */
 } bench_startup_in;
 
-typedef struct bench_startup_out {
-    double read_ms;            /* reading the three files once, page cache as it is */
+typedef struct bench_startup_run {
     double load_ms;            /* sd_pipeline_load */
     double first_step_ms;      /* start -> the sampler starts step 1 of a 512^2 request */
     double step_ms;            /* that first step (a CFG UNet call) */
     double rss_first_step_mb, peak_rss_mb;
+    double cache_hit_mb;       /* prepared conv weights mapped from the weight cache */
+    double cache_written_mb;   /* ... and written to it */
+} bench_startup_run;
+
+typedef struct bench_startup_out {
+    double read_ms;            /* reading the three files once, page cache as it is */
     double anon_first_touch_gbps; /* 512 MB of fresh anonymous memory faulted in (memory.c's way) */
+    bench_startup_run uncached;   /* weight cache off */
+    bench_startup_run first;      /* empty weight cache: the first run, which fills it */
+    bench_startup_run cached;     /* weight cache filled: every later run */
 } bench_startup_out;
 
 /* Opens the SD1.5-shaped files through sd_pipeline_load as `sdmoe generate`
- * does and runs a 512^2, 1-step Euler request to the first sampling step. */
+ * does and runs a 512^2, 1-step Euler request to the first sampling step,
+ * three times: weight cache off, empty (in <folder>/weight-cache), filled. */
 int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *err);
 /* GB/s of faulting in `bytes` of fresh anonymous memory: on VMs whose host
  * reclaims freed guest memory this, not the copy, bounds model loading. */

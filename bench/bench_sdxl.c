@@ -106,7 +106,7 @@ int bench_sdxl_step(const char *dir, int fresh, int warmup, int reps, double pea
     double t0 = bench_now_ms();
     const char *paths[1] = {path};
     if (sd_weights_open(&w, paths, 1, err)) goto out;
-    sd_binder b = {w, "unet", "", NULL, 0};
+    sd_binder b = {.w = w, .component = "unet", .prefix = ""};
     if (sd_unet_load(&r.u, &cfg, &b, err) || sd_binder_check_complete(&b, err)) goto out;
     double load_ms = bench_now_ms() - t0;
     if (sdxl_request(&r, &cfg, err)) goto out;

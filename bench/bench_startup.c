@@ -1,10 +1,13 @@
 /* bench_startup — start to first sampling step through the real pipeline
  * (see bench.h): the SD1.5-shaped weight files are linked into a diffusers
  * folder, opened with sd_pipeline_load exactly as `sdmoe generate` opens a
- * model, and a 512^2 request runs until the sampler starts its first step. */
+ * model, and a 512^2 request runs until the sampler starts its first step:
+ * without the weight cache, with an empty one (the first run, which writes
+ * it) and with it filled (every later run). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -145,16 +148,25 @@ static int drop_page_cache(sd_error *err) {
     return ok ? 0 : sd_fail(err, "bench: --cold needs root to write /proc/sys/vm/drop_caches");
 }
 
-int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *err) {
+/* Removes the bench's cache folder's files (the folder is the bench's own). */
+static void cache_dir_clear(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    char path[PATH_MAX];
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.' && snprintf(path, sizeof path, "%s/%s", dir, de->d_name) < (int)sizeof path)
+            unlink(path);
+    closedir(d);
+}
+
+/* One start: sd_pipeline_load (weight cache in cache_dir, or "off") and a
+ * 512^2 1-step Euler request up to the end of its first sampling step. */
+static int run_once(const bench_startup_in *in, const char *cache_dir, bench_startup_run *out, sd_error *err) {
     memset(out, 0, sizeof *out);
-    if (make_folder(in, err)) return -1;
-    const char *files[3] = {in->unet_file, in->vae_file, in->clip_file};
     if (in->cold && drop_page_cache(err)) return -1;
-    out->read_ms = bench_read_files_ms(files, 3);
-    if (in->cold && drop_page_cache(err)) return -1;
-    out->anon_first_touch_gbps = bench_anon_first_touch_gbps((size_t)512 << 20);
     watch w = {0};
-    sd_pipeline_options po = {.on_progress = on_load, .progress_ctx = &w};
+    sd_pipeline_options po = {.weight_cache_dir = cache_dir, .on_progress = on_load, .progress_ctx = &w};
     sd_pipeline *p = NULL;
     bench_reset_hwm();
     w.t0 = bench_now_ms();
@@ -174,13 +186,36 @@ int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *
     sd_txt2img_result res;
     int rc = sd_pipeline_txt2img(p, &q, &h, &res, err);
     if (!rc) {
+        sd_weight_cache_stats us, vs;
+        sd_pipeline_weight_cache_stats(p, "unet", &us);
+        sd_pipeline_weight_cache_stats(p, "vae", &vs);
         out->load_ms = w.load_done;
         out->first_step_ms = w.first_step;
         out->step_ms = w.first_step_done - w.first_step;
         out->rss_first_step_mb = w.rss_first_step;
         out->peak_rss_mb = (double)bench_status_kb("VmHWM") / 1024.0;
+        out->cache_hit_mb = (double)(us.hit_bytes + vs.hit_bytes) / (1 << 20);
+        out->cache_written_mb = (double)((us.saved ? us.added_bytes : 0) + (vs.saved ? vs.added_bytes : 0)) / (1 << 20);
         sd_txt2img_result_free(&res);
     }
     sd_pipeline_free(p);
     return rc;
+}
+
+int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *err) {
+    memset(out, 0, sizeof *out);
+    if (make_folder(in, err)) return -1;
+    const char *files[3] = {in->unet_file, in->vae_file, in->clip_file};
+    if (in->cold && drop_page_cache(err)) return -1;
+    out->read_ms = bench_read_files_ms(files, 3);
+    out->anon_first_touch_gbps = bench_anon_first_touch_gbps((size_t)512 << 20);
+    char cache_dir[PATH_MAX];
+    snprintf(cache_dir, sizeof cache_dir, "%s/weight-cache", in->folder);
+    if (mkdir_p(cache_dir, err)) return -1;
+    cache_dir_clear(cache_dir);
+    if (run_once(in, "off", &out->uncached, err) || run_once(in, cache_dir, &out->first, err) ||
+        run_once(in, cache_dir, &out->cached, err))
+        return -1;
+    cache_dir_clear(cache_dir); /* gigabytes: not left behind */
+    return 0;
 }

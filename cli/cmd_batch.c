@@ -602,6 +602,14 @@ static void on_load(void *ctx, const char *stage, int done, int total) {
     cli_progress_update(bar, done);
 }
 
+static void on_load_message(void *ctx, int is_warning, const char *msg) {
+    cli_progress *bar = ctx;
+    if (!is_warning && bar->mode == CLI_PROGRESS_QUIET) return;
+    char line[SD_ERROR_MSG_MAX + 256];
+    snprintf(line, sizeof line, "sdmoe: %s%s", is_warning ? "warning: " : "", msg);
+    cli_progress_message(bar, line);
+}
+
 static int load_model(batch_run *r, sd_error *err) {
     const gen_options *o = r->o;
     cli_progress bar;
@@ -609,7 +617,8 @@ static int load_model(batch_run *r, sd_error *err) {
     sd_pipeline_options po = {.variant = o->variant, .model_config = o->model_config,
                               .moe_routing = !strcmp(o->moe_routing, "per-token") ? SD_MOE_ROUTING_PER_TOKEN
                                                                                  : SD_MOE_ROUTING_SEGMOE,
-                              .on_progress = on_load, .progress_ctx = &bar};
+                              .weight_cache_dir = o->weight_cache, .on_progress = on_load,
+                              .on_message = on_load_message, .progress_ctx = &bar};
     int rc = sd_pipeline_load(&r->p, o->model, &po, err);
     if (bar.label[0]) cli_progress_finish(&bar);
     if (rc) return -1;

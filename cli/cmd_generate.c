@@ -47,6 +47,14 @@ static void on_progress(void *ctx, const char *stage, int done, int total) {
     cli_progress_update(&g->bar, done);
 }
 
+static void on_message(void *ctx, int is_warning, const char *msg) {
+    gen_progress *g = ctx;
+    if (!is_warning && g->mode == CLI_PROGRESS_QUIET) return;
+    char line[SD_ERROR_MSG_MAX + 256];
+    snprintf(line, sizeof line, "sdmoe: %s%s", is_warning ? "warning: " : "", msg);
+    cli_progress_message(&g->bar, line);
+}
+
 static void progress_end(gen_progress *g) {
     if (g->stage[0]) cli_progress_finish(&g->bar);
     g->stage[0] = 0;
@@ -180,7 +188,8 @@ int cli_generate(int argc, char **argv) {
     sd_pipeline_options po = {.variant = o.variant, .model_config = o.model_config,
                               .moe_routing = !strcmp(o.moe_routing, "per-token") ? SD_MOE_ROUTING_PER_TOKEN
                                                                                  : SD_MOE_ROUTING_SEGMOE,
-                              .on_progress = on_progress, .progress_ctx = &prog};
+                              .weight_cache_dir = o.weight_cache, .on_progress = on_progress,
+                              .on_message = on_message, .progress_ctx = &prog};
     sd_pipeline *p;
     int rc = sd_pipeline_load(&p, o.model, &po, &err);
     progress_end(&prog);

@@ -55,6 +55,9 @@ void gen_options_usage(const char *cmd, int batch_mode) {
            "      --moe-routing R      segmoe (default, SegMoE-identical) | per-token (Mixtral style)\n"
            "      --moe-stats FILE     write per-layer, per-step expert choices as JSON\n"
            "      --vae-tiling         VAE decode in overlapping tiles of 32 latents (diffusers' tiled_decode)\n"
+           "      --weight-cache DIR   where prepared (reordered) conv weights are kept for faster loads\n"
+           "                           (default $SDMOE_CACHE_DIR or ~/.cache/sdmoe; off = none)\n"
+           "      --no-weight-cache    same as --weight-cache off\n"
            "  -q, --quiet              no progress output\n"
            "  -v, --verbose            more detail\n"
            "  -h, --help               this help\n\nsamplers (--sampler; append _karras for the Karras schedule):\n");
@@ -67,7 +70,7 @@ void gen_options_usage(const char *cmd, int batch_mode) {
 enum {
     OPT_STEPS = 1000, OPT_CFG, OPT_SAMPLER, OPT_SCHEDULER, OPT_CLIP_SKIP, OPT_SYNTAX, OPT_VARIANT,
     OPT_MODEL_CONFIG, OPT_MOE_ROUTING, OPT_MOE_STATS, OPT_VAE_TILING, OPT_JOBS, OPT_BATCH_SIZE, OPT_SHARD,
-    OPT_ORIGINAL_SIZE, OPT_TARGET_SIZE, OPT_CROP,
+    OPT_ORIGINAL_SIZE, OPT_TARGET_SIZE, OPT_CROP, OPT_WEIGHT_CACHE, OPT_NO_WEIGHT_CACHE,
 };
 
 /* Largest size / crop coordinate the SDXL conditioning flags accept. */
@@ -139,6 +142,8 @@ int gen_options_parse(gen_options *o, int argc, char **argv, int batch_mode, cha
         {"moe-routing", required_argument, 0, OPT_MOE_ROUTING},
         {"moe-stats", required_argument, 0, OPT_MOE_STATS},
         {"vae-tiling", no_argument, 0, OPT_VAE_TILING},
+        {"weight-cache", required_argument, 0, OPT_WEIGHT_CACHE},
+        {"no-weight-cache", no_argument, 0, OPT_NO_WEIGHT_CACHE},
         {"original-size", required_argument, 0, OPT_ORIGINAL_SIZE},
         {"target-size", required_argument, 0, OPT_TARGET_SIZE},
         {"crop-top-left", required_argument, 0, OPT_CROP},
@@ -216,6 +221,8 @@ int gen_options_parse(gen_options *o, int argc, char **argv, int batch_mode, cha
             break;
         case OPT_MOE_STATS: o->moe_stats = a; break;
         case OPT_VAE_TILING: o->vae_tiling = 1; break;
+        case OPT_WEIGHT_CACHE: o->weight_cache = a; break;
+        case OPT_NO_WEIGHT_CACHE: o->weight_cache = "off"; break;
         case OPT_ORIGINAL_SIZE:
         case OPT_TARGET_SIZE: {
             long w, h;

@@ -25,6 +25,7 @@ typedef struct gen_options {
     const char *moe_routing;     /* --moe-routing segmoe|per-token */
     const char *moe_stats;       /* --moe-stats FILE */
     int vae_tiling;              /* --vae-tiling */
+    const char *weight_cache;    /* --weight-cache DIR|off, --no-weight-cache (= off); NULL = default folder */
     /* SDXL micro-conditioning (diffusers' original_size, target_size,
      * crops_coords_top_left); 0 = default (the image size; crop 0,0) */
     int original_width, original_height; /* --original-size WxH */

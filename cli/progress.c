@@ -140,3 +140,10 @@ void cli_progress_callback(void *user, int done, int total) {
     if (total > 0) p->total = total;
     cli_progress_update(p, done);
 }
+
+void cli_progress_message(cli_progress *p, const char *msg) {
+    int bar_shown = p->mode == CLI_PROGRESS_BAR && p->label[0];
+    fprintf(p->out ? p->out : stderr, "%s%s\n", bar_shown ? "\r\x1b[K" : "", msg);
+    if (bar_shown) draw_bar(p, p->now() - p->t_start, 0);
+    else fflush(p->out ? p->out : stderr);
+}

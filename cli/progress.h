@@ -46,6 +46,10 @@ void cli_progress_update(cli_progress *p, int done);
 /* Ends the task: the bar's last state and a newline, or a plain summary. */
 void cli_progress_finish(cli_progress *p);
 
+/* Prints msg as a line of its own (even when quiet), keeping a terminal
+ * bar intact: the bar is cleared, the line printed, the bar redrawn. */
+void cli_progress_message(cli_progress *p, const char *msg);
+
 /* Adapter for library callbacks of the form fn(user, done, total):
  * user is a cli_progress*. */
 void cli_progress_callback(void *user, int done, int total);

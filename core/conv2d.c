@@ -9,11 +9,14 @@
  * use and cached. */
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/kernels.h"
 #include "core/memory.h"
+#include "core/weight_cache.h"
+#include "core/weights.h"
 
 /* ----------------------------------------------------- shared engine/stream */
 
@@ -271,8 +274,8 @@ static int conv_entry_create(sd_conv2d *c, conv_entry *e, sd_error *err) {
     return 0;
 }
 
-int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weight,
-                     const float *bias, sd_error *err) {
+/* A conv with validated sizes and its bias copied; weights not yet prepared. */
+static int conv_alloc(sd_conv2d **out, const sd_conv2d_desc *d, const float *bias, sd_error *err) {
     *out = NULL;
     if (engine_get(err)) return -1;
     if (d->c_in < 1 || d->c_out < 1 || d->kh < 1 || d->kw < 1 || d->stride_h < 1 || d->stride_w < 1)
@@ -290,44 +293,136 @@ int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weig
         }
         memcpy(c->bias, bias, (size_t)d->c_out * sizeof(float));
     }
-    /* copy 0: a view of the caller's PyTorch-layout weights, replaced below by
-     * the preferred format (no intermediate copy: first-touch page faults
-     * dominate loading on VMs) */
-    dnnl_dims_t wdims = {d->c_out, d->c_in, d->kh, d->kw};
+    *out = c;
+    return 0;
+}
+
+/* The weights format oneDNN prefers for this conv, asked with a nominal
+ * 64x64 input (the format depends on the ISA and the channels, not the size). */
+static int conv_preferred_weights_md(sd_conv2d *c, dnnl_memory_desc_t *pref, sd_error *err) {
+    int64_t nh = 64 > c->d.kh ? 64 : c->d.kh, nw = 64 > c->d.kw ? 64 : c->d.kw;
+    dnnl_primitive_desc_t pd;
+    if (conv_pd_create(c, &pd, sd_preferred_layout(), sd_preferred_layout(), 1, nh, nw, c->d.c_in, c->d.c_out, 0,
+                       err))
+        return -1;
+    *pref = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
+/* Makes copy 0 the weights in format `pref`, reordered from PyTorch's oihw
+ * `weight` into a buffer of our own. */
+static int conv_weights_prepare(sd_conv2d *c, const float *weight, const dnnl_memory_desc_t *pref, sd_error *err) {
+    /* copy 0: a view of the caller's weights, replaced below by the preferred
+     * format (no intermediate copy: first-touch page faults dominate loading on VMs) */
+    dnnl_dims_t wdims = {c->d.c_out, c->d.c_in, c->d.kh, c->d.kw};
     dnnl_memory_desc_init_by_tag(&c->wts[0].md, 4, wdims, dnnl_f32, dnnl_oihw);
     if (dnnl_memory_create(&c->wts[0].mem, &c->wts[0].md, g_engine, (void *)weight) != dnnl_success) {
-        sd_conv2d_free(c);
+        c->wts[0].mem = NULL;
         return sd_fail(err, "core/conv2d: out of memory for weights");
     }
     c->n_wts = 1;
-    /* Ask for the preferred weights format with a nominal 64x64 input and
-     * keep only that copy: the format depends on the ISA and channels. */
-    int64_t nh = 64 > d->kh ? 64 : d->kh, nw = 64 > d->kw ? 64 : d->kw;
-    dnnl_primitive_desc_t pd;
-    if (conv_pd_create(c, &pd, sd_preferred_layout(), sd_preferred_layout(), 1, nh, nw, d->c_in, d->c_out, 0, err)) {
-        sd_conv2d_free(c);
-        return -1;
-    }
-    dnnl_memory_desc_t pref = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    dnnl_primitive_desc_destroy(pd);
     int idx;
-    if (conv_weights_get(c, &pref, &idx, err)) {
-        sd_conv2d_free(c);
-        return -1;
-    }
+    if (conv_weights_get(c, pref, &idx, err)) return -1;
     dnnl_memory_t view = c->wts[0].mem;
     if (idx != 0) { /* the preferred copy becomes the only one */
         c->wts[0] = c->wts[idx];
     } else if (weights_mem_alloc(&c->wts[0], &c->wts[0].md) == 0) { /* oihw is preferred: own a copy */
-        memcpy(c->wts[0].own, weight, (size_t)(d->c_out * d->c_in * d->kh * d->kw) * sizeof(float));
+        memcpy(c->wts[0].own, weight, (size_t)(c->d.c_out * c->d.c_in * c->d.kh * c->d.kw) * sizeof(float));
     } else {
         c->wts[0].mem = NULL;
     }
     dnnl_memory_destroy(view);
     c->n_wts = c->wts[0].mem ? 1 : 0;
-    if (!c->n_wts) {
+    return c->n_wts ? 0 : sd_fail(err, "core/conv2d: out of memory for weights");
+}
+
+int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weight,
+                     const float *bias, sd_error *err) {
+    sd_conv2d *c;
+    dnnl_memory_desc_t pref;
+    if (conv_alloc(&c, d, bias, err)) return -1;
+    if (conv_preferred_weights_md(c, &pref, err) || conv_weights_prepare(c, weight, &pref, err)) {
         sd_conv2d_free(c);
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+/* 64-bit FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The cache key of weights `name` in format md: the name, the oneDNN version
+ * (its reorders make the bytes) and a fingerprint of every field that
+ * decides the layout (the memory desc struct itself has padding). */
+static void weights_cache_key(char *key, size_t cap, const char *name, const dnnl_memory_desc_t *md) {
+    uint64_t h = 14695981039346656037ull;
+    const dnnl_blocking_desc_t *bd = &md->format_desc.blocking;
+    int nd = md->ndims;
+    h = fnv1a(h, &md->ndims, sizeof md->ndims);
+    h = fnv1a(h, md->dims, (size_t)nd * sizeof md->dims[0]);
+    h = fnv1a(h, &md->data_type, sizeof md->data_type);
+    h = fnv1a(h, md->padded_dims, (size_t)nd * sizeof md->padded_dims[0]);
+    h = fnv1a(h, md->padded_offsets, (size_t)nd * sizeof md->padded_offsets[0]);
+    h = fnv1a(h, &md->offset0, sizeof md->offset0);
+    h = fnv1a(h, &md->format_kind, sizeof md->format_kind);
+    h = fnv1a(h, bd->strides, (size_t)nd * sizeof bd->strides[0]);
+    h = fnv1a(h, &bd->inner_nblks, sizeof bd->inner_nblks);
+    h = fnv1a(h, bd->inner_blks, (size_t)bd->inner_nblks * sizeof bd->inner_blks[0]);
+    h = fnv1a(h, bd->inner_idxs, (size_t)bd->inner_nblks * sizeof bd->inner_idxs[0]);
+    h = fnv1a(h, &md->extra.flags, sizeof md->extra.flags);
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(key, cap, "%s|onednn %d.%d.%d %s|%016llx", name, v->major, v->minor, v->patch, v->hash,
+             (unsigned long long)h);
+}
+
+/* Copy 0 as a view of cached bytes in format md (owned by the cache). */
+static int conv_weights_map(sd_conv2d *c, const dnnl_memory_desc_t *md, const void *data, sd_error *err) {
+    c->wts[0].md = *md;
+    c->wts[0].own = NULL, c->wts[0].own_bytes = 0;
+    if (dnnl_memory_create(&c->wts[0].mem, md, g_engine, (void *)data) != dnnl_success) {
+        c->wts[0].mem = NULL;
         return sd_fail(err, "core/conv2d: out of memory for weights");
+    }
+    c->n_wts = 1;
+    return 0;
+}
+
+/* Takes the prepared weights from the cache, or prepares them from the
+ * tensor (converting it if lazy) and adds them to the cache. */
+static int conv_weights_from_tensor(sd_conv2d *c, sd_tensor *weight, sd_weight_cache *cache, const char *name,
+                                    sd_error *err) {
+    dnnl_memory_desc_t pref;
+    if (conv_preferred_weights_md(c, &pref, err)) return -1;
+    char key[512];
+    weights_cache_key(key, sizeof key, name, &pref);
+    size_t bytes = dnnl_memory_desc_get_size(&pref);
+    const void *hit = sd_weight_cache_find(cache, key, bytes);
+    if (hit) return conv_weights_map(c, &pref, hit, err);
+    const float *w = sd_tensor_f32(weight, err);
+    if (!w || conv_weights_prepare(c, w, &pref, err)) return -1;
+    sd_tensor_release_pages(weight); /* the conv holds its own copy: drop the mapped f32 pages */
+    return sd_weight_cache_add(cache, key, c->wts[0].own, c->wts[0].own_bytes, err);
+}
+
+int sd_conv2d_create_bound(sd_conv2d **out, const sd_conv2d_desc *d, sd_tensor *weight, const float *bias,
+                           sd_weight_cache *cache, const char *name, sd_error *err) {
+    sd_conv2d *c;
+    if (conv_alloc(&c, d, bias, err)) return -1;
+    if (weight->numel != d->c_out * d->c_in * d->kh * d->kw) {
+        sd_conv2d_free(c);
+        return sd_fail(err, "core/conv2d: %s: %lld weights for a %lldx%lldx%lldx%lld convolution", name,
+                       (long long)weight->numel, (long long)d->c_out, (long long)d->c_in, (long long)d->kh,
+                       (long long)d->kw);
+    }
+    if (conv_weights_from_tensor(c, weight, cache, name, err)) {
+        sd_conv2d_free(c);
+        return -1;
     }
     *out = c;
     return 0;

@@ -28,6 +28,8 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/weight_cache.h"
+#include "core/weights.h"
 
 /* ------------------------------------------------------------------ threads */
 
@@ -77,6 +79,15 @@ typedef struct sd_conv2d_desc {
  * may go away afterwards); bias [c_out] or NULL. */
 int sd_conv2d_create(sd_conv2d **out, const sd_conv2d_desc *d, const float *weight,
                      const float *bias, sd_error *err);
+/* Like sd_conv2d_create with the weights of a bound tensor.  The prepared
+ * (reordered) copy is taken from `cache` under a key made of `name` and the
+ * exact oneDNN format when present there (the tensor is then neither
+ * converted nor read: the conv runs on the cache's mapped bytes); otherwise it
+ * is made from the tensor (converted first if bound lazily), the tensor's
+ * mapped file pages are released, and the copy is added to the cache (it must
+ * be saved while the conv lives).  cache may be NULL. */
+int sd_conv2d_create_bound(sd_conv2d **out, const sd_conv2d_desc *d, sd_tensor *weight, const float *bias,
+                           sd_weight_cache *cache, const char *name, sd_error *err);
 void sd_conv2d_free(sd_conv2d *c);
 /* Output spatial size for an input of h x w. */
 void sd_conv2d_out_size(const sd_conv2d *c, int64_t h, int64_t w, int64_t *oh, int64_t *ow);

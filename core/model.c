@@ -218,7 +218,7 @@ static int open_folder_component(sd_component *c, const char *dir, const char *v
     free(cdir);
     if (rc) return -1;
     c->present = 1;
-    c->binder = (sd_binder){c->weights, c->name, "", NULL, 0};
+    c->binder = (sd_binder){.w = c->weights, .component = c->name, .prefix = ""};
     if (!strncmp(c->name, "text_encoder", 12)) model_ignore_position_ids(c);
     return 0;
 }

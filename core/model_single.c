@@ -433,12 +433,12 @@ static int build_binders(sd_model *m, const single_arch *a, const dialect *d, sd
     sd_name_map_fn umap, vmap;
     sd_unet_arch_layout(&a->unet, &ul);
     if (ldm_unet_map_fn(&ul, &umap, err) || ldm_vae_map_fn(&vl, &vmap, err)) return -1;
-    m->unet.binder = (sd_binder){m->shared, "unet", UNET_PREFIX, umap, 0};
-    m->vae.binder = (sd_binder){m->shared, "vae", VAE_PREFIX, vmap, 0};
-    m->text_encoder.binder = (sd_binder){m->shared, "text_encoder", d->clip_prefix,
-                                         d->old_clip ? ldm_clip_strip_text_model : NULL, 0};
+    m->unet.binder = (sd_binder){.w = m->shared, .component = "unet", .prefix = UNET_PREFIX, .map = umap};
+    m->vae.binder = (sd_binder){.w = m->shared, .component = "vae", .prefix = VAE_PREFIX, .map = vmap};
+    m->text_encoder.binder = (sd_binder){.w = m->shared, .component = "text_encoder", .prefix = d->clip_prefix,
+                                         .map = d->old_clip ? ldm_clip_strip_text_model : NULL};
     if (a->sdxl)
-        m->text_encoder_2.binder = (sd_binder){m->shared, "text_encoder_2", SGM_OPENCLIP_PREFIX, sgm_openclip_key, 0};
+        m->text_encoder_2.binder = (sd_binder){.w = m->shared, .component = "text_encoder_2", .prefix = SGM_OPENCLIP_PREFIX, .map = sgm_openclip_key};
     for (int i = 0; i < n_components(a); i++) {
         sd_component *c = sd_model_component(m, i);
         c->present = 1;

@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "core/weight_cache.h"
 
 #define SD_TENSOR_MAX_DIMS 4
 
@@ -56,6 +57,7 @@ typedef struct sd_binder {
     const char *prefix;     /* file key prefix, "" for diffusers folders */
     sd_name_map_fn map;     /* NULL = identity */
     int lazy;               /* 1: convert f16/bf16 on first sd_tensor_f32() */
+    sd_weight_cache *cache; /* prepared copies (oneDNN conv weights) found in / added to it; NULL = none */
 } sd_binder;
 
 /* Opens every path (all must be valid safetensors). */

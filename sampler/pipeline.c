@@ -1,6 +1,7 @@
 #include "sampler/pipeline.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ struct sd_pipeline {
     sd_clip_text_config ccfg;
     int vae_factor;
     sd_scratch scratch;               /* the UNet's and the VAE's activations: one set of pages */
+    sd_weight_cache *unet_cache, *vae_cache; /* mapped prepared conv weights: freed after the UNet / VAE */
     cached_cond cache[PROMPT_CACHE_SIZE];
     unsigned long use_clock;
 };
@@ -69,6 +71,50 @@ int sd_pipeline_default_sampler(const sd_pipeline *p, sd_sampler_id *id, sd_erro
 
 static void report(const sd_pipeline_options *opt, const char *stage, int done, int total) {
     if (opt && opt->on_progress) opt->on_progress(opt->progress_ctx, stage, done, total);
+}
+
+static void message(const sd_pipeline_options *opt, int is_warning, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void message(const sd_pipeline_options *opt, int is_warning, const char *fmt, ...) {
+    if (!opt || !opt->on_message) return;
+    char msg[SD_ERROR_MSG_MAX + 128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    opt->on_message(opt->progress_ctx, is_warning, msg);
+}
+
+/* Opens component c's weight cache and hands it to c's binder; any problem
+ * only leaves the component uncached (with a warning). */
+static void weight_cache_attach(sd_component *c, sd_weight_cache **cache, const sd_pipeline_options *opt) {
+    sd_weight_cache_options wo = {opt ? opt->weight_cache_dir : NULL, opt ? opt->weight_cache_max_bytes : 0};
+    sd_error e = {0};
+    if (sd_weight_cache_open(cache, &wo, c->name, (const char *const *)c->files, c->n_files, &e))
+        message(opt, 1, "weight cache not used: %s", e.msg);
+    sd_weight_cache_stats s;
+    sd_weight_cache_get_stats(*cache, &s);
+    if (s.ignored[0]) message(opt, 1, "weight cache: ignored %s (it will be rewritten)", s.ignored);
+    c->binder.cache = *cache;
+}
+
+/* Writes what loading c added to its cache (a failure is only a warning). */
+static void weight_cache_save(sd_component *c, sd_weight_cache *cache, const sd_pipeline_options *opt) {
+    sd_weight_cache_stats s;
+    sd_weight_cache_get_stats(cache, &s);
+    if (s.misses)
+        message(opt, 0, "weight cache: writing the %s's prepared weights (%lld MB) to %s", c->name,
+                (long long)(s.added_bytes >> 20), sd_weight_cache_path(cache));
+    sd_error e = {0};
+    if (sd_weight_cache_save(cache, &e)) message(opt, 1, "weight cache of the %s not written: %s", c->name, e.msg);
+    sd_weight_cache_get_stats(cache, &s);
+    if (s.skipped[0]) message(opt, 1, "weight cache of the %s not written: %s", c->name, s.skipped);
+}
+
+void sd_pipeline_weight_cache_stats(const sd_pipeline *p, const char *component, sd_weight_cache_stats *s) {
+    sd_weight_cache_get_stats(!strcmp(component, "unet") ? p->unet_cache : !strcmp(component, "vae") ? p->vae_cache
+                                                                                                    : NULL,
+                              s);
 }
 
 static void apply_moe_routing(sd_unet *u, sd_moe_routing routing) {
@@ -132,20 +178,24 @@ static int parse_unet_config(sd_pipeline *p, sd_error *err) {
     return sd_unet_config_parse(&p->ucfg, c->config, c->config_path, err);
 }
 
-static int load_unet(sd_pipeline *p, sd_error *err) {
+static int load_unet(sd_pipeline *p, const sd_pipeline_options *opt, sd_error *err) {
     sd_component *c = &p->model.unet;
     c->binder.lazy = p->ucfg.moe_enabled; /* experts stay mapped until chosen */
-    if (sd_unet_load(&p->unet, &p->ucfg, &c->binder, err)) return -1;
-    return sd_binder_check_complete(&c->binder, err);
+    weight_cache_attach(c, &p->unet_cache, opt);
+    if (sd_unet_load(&p->unet, &p->ucfg, &c->binder, err) || sd_binder_check_complete(&c->binder, err)) return -1;
+    weight_cache_save(c, p->unet_cache, opt);
+    return 0;
 }
 
-static int load_vae(sd_pipeline *p, sd_error *err) {
+static int load_vae(sd_pipeline *p, const sd_pipeline_options *opt, sd_error *err) {
     sd_component *c = &p->model.vae;
     if (!c->present) return sd_fail(err, "%s: no vae component", p->model.path);
     if (vae_config_from_json(&p->vcfg, c->config, c->config_path, err)) return -1;
+    weight_cache_attach(c, &p->vae_cache, opt);
     /* text-to-image only decodes: the encoder's tensors are bound and checked, not built */
     if (vae_load(&p->vae, &p->vcfg, &c->binder, VAE_PART_DECODER, err)) return -1;
     if (sd_binder_check_complete(&c->binder, err)) return -1;
+    weight_cache_save(c, p->vae_cache, opt);
     p->vae_factor = 1 << (p->vcfg.n_levels - 1);
     return 0;
 }
@@ -169,10 +219,10 @@ int sd_pipeline_load(sd_pipeline **out, const char *model_path, const sd_pipelin
     report(opt, "load", 1, 4);
     if (parse_unet_config(p, err) || load_text(p, err)) goto fail;
     report(opt, "load", 2, 4);
-    if (load_unet(p, err)) goto fail;
+    if (load_unet(p, opt, err)) goto fail;
     if (opt) apply_moe_routing(p->unet, opt->moe_routing);
     report(opt, "load", 3, 4);
-    if (load_vae(p, err)) goto fail;
+    if (load_vae(p, opt, err)) goto fail;
     /* sampling and decoding never overlap: peak RSS = weights + the larger workspace */
     sd_unet_share_scratch(p->unet, &p->scratch);
     vae_share_scratch(p->vae, &p->scratch);
@@ -196,6 +246,8 @@ void sd_pipeline_free(sd_pipeline *p) {
     sd_tokenizer_free(p->tok);
     sd_clip_text_free(p->clip2);
     sd_tokenizer_free(p->tok2);
+    sd_weight_cache_free(p->unet_cache); /* after the convs that run on its mapped bytes */
+    sd_weight_cache_free(p->vae_cache);
     sd_model_close(&p->model);
     sd_scratch_release(&p->scratch);
     free(p);

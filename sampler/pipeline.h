@@ -35,6 +35,7 @@
 
 #include "core/error.h"
 #include "core/model.h"
+#include "core/weight_cache.h"
 #include "sampler/sampler.h"
 #include "text_encoder/conditioning.h"
 #include "unet/moe_layer.h"
@@ -46,14 +47,26 @@ typedef struct sd_pipeline_options {
     const char *model_config;     /* single files: LDM yaml or diffusers folder */
     const char *assets_dir;       /* NULL = default search */
     sd_moe_routing moe_routing;   /* SegMoE (default) or per-token */
+    /* Prepared weights kept on disk between runs (core/weight_cache.h): the
+     * folder (NULL = $SDMOE_CACHE_DIR, $XDG_CACHE_HOME/sdmoe or ~/.cache/sdmoe;
+     * "off" = no cache) and its size limit (0 = $SDMOE_CACHE_MAX_MB or 16 GiB).
+     * The UNet and the VAE each get one cache file. */
+    const char *weight_cache_dir;
+    int64_t weight_cache_max_bytes;
     /* Optional progress for loading: stage label, done, total. */
     void (*on_progress)(void *ctx, const char *stage, int done, int total);
+    /* Optional: one-line messages while loading, with progress_ctx: notices
+     * (is_warning 0: a weight cache being written) and problems that do not
+     * stop loading (is_warning 1: a weight cache that cannot be used or written). */
+    void (*on_message)(void *ctx, int is_warning, const char *msg);
     void *progress_ctx;
 } sd_pipeline_options;
 
 int sd_pipeline_load(sd_pipeline **out, const char *model_path, const sd_pipeline_options *opt,
                      sd_error *err);
 void sd_pipeline_free(sd_pipeline *p);
+/* What the weight cache of "unet" or "vae" did while loading (zeros when off). */
+void sd_pipeline_weight_cache_stats(const sd_pipeline *p, const char *component, sd_weight_cache_stats *s);
 
 sd_model *sd_pipeline_model(sd_pipeline *p);
 /* Image size the model was trained at (unet sample_size x VAE factor). */

@@ -167,6 +167,32 @@ EOF
     printf '%s\n' '{"file": "0001-00.png", "sha256": "'"$(printf 'a%.0s' $(seq 64))"'", "params_sha256": "'"$(printf 'b%.0s' $(seq 64))"'", "seconds": 1.5}' \
       >"$dest/seed-manifest"
     echo "65536 json.dict" ;;
+  fuzz_weight_cache) # valid cache files (the harness writes the identity bytes in)
+    python3 - "$dest" <<'EOF' || true
+import os, struct, sys
+def cache(entries):
+    index = b""
+    off = 4096
+    data = []
+    for key, payload in entries:
+        k = key.encode()
+        rec = struct.pack("<QQI", off, len(payload), len(k)) + k
+        index += rec + b"\0" * (-len(rec) % 8)
+        data.append((off, payload))
+        off = (off + len(payload) + 4095) // 4096 * 4096
+    size = data[-1][0] + len(data[-1][1])
+    head = b"SDMOEWC1" + struct.pack("<IIQQQ", 1, len(entries), len(index), 4096, size) + b"\0" * 32
+    out = bytearray(head + index)
+    out += b"\0" * (4096 - len(out))
+    for o, payload in data:
+        out += b"\0" * (o - len(out)) + payload
+    return bytes(out)
+seeds = {"one": cache([("k", bytes(range(16)))]),
+         "two": cache([("a", b"\1" * 4096), ("k", bytes(range(16)))])}
+for name, b in seeds.items():
+    open(os.path.join(sys.argv[1], "seed-wc-" + name), "wb").write(b)
+EOF
+    echo "16384 -" ;;
   *)
     echo "4096 -" ;;
   esac
@@ -194,8 +220,9 @@ run_one() { # target seconds -> 0 ok, 1 crash/failure
   UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
   OMP_NUM_THREADS=1 \
     "$BUILD/$t" "${args[@]}" ${FUZZ_FLAGS:-} "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
-  # private folders of crashed fuzz_tokenizer_files / fuzz_jobs processes
+  # private folders of crashed fuzz_tokenizer_files / fuzz_jobs processes, fuzz_weight_cache's folder
   rm -rf /dev/shm/sdmoe-fuzz-tok-* /tmp/sdmoe-fuzz-tok-* /dev/shm/sdmoe-fuzz-jobs-* /tmp/sdmoe-fuzz-jobs-* \
+    /tmp/sdmoe-fuzz-wc-* "${TMPDIR:-/tmp}"/sdmoe-fuzz-wc-* \
     2>/dev/null || true
   local found
   found=$(find "$art" -type f -newer "$BUILD/logs/$t.start" | wc -l)

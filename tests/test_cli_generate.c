@@ -237,3 +237,74 @@ Test(cli_generate, moe_stats_refused_for_dense_model) {
     tst_require_fixture("tiny-sd15/model_index.json");
     expect_error("-m %s -p x --steps 1 --moe-stats /tmp/never-stats.json -o %s", "not a mixture-of-experts");
 }
+
+static int count_files(const char *dir, const char *suffix) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "ls -1 %s 2>/dev/null | grep -c '%s$'", dir, suffix);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    int n = -1;
+    cr_assert_eq(fscanf(p, "%d", &n), 1);
+    pclose(p);
+    return n;
+}
+
+static char *read_text(const char *path) {
+    char *s = NULL;
+    sd_error err = {0};
+    cr_assert_eq(sd_read_file(path, 1 << 20, &s, NULL, &err), 0, "%s", err.msg);
+    return s;
+}
+
+/* --weight-cache DIR: the first run writes a cache file per component, the
+ * second maps them without a word about the cache; the PNGs are the same
+ * bytes as with --no-weight-cache.  An unusable folder is a warning naming
+ * it, not a failure. */
+Test(cli_generate, weight_cache_flags, .timeout = 300) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    char *dir = tst_tmpdir(), *model = tst_fixture_path("tiny-sd15");
+    char *cache = tmp_file(dir, "cache"), *log = tmp_file(dir, "stderr.txt");
+    const char *common = "-p 'a red fox' -W 64 -H 64 --steps 2 --sampler euler -s 9";
+    char args[4096], *png[4];
+    for (int i = 0; i < 4; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "img%d.png", i);
+        png[i] = tmp_file(dir, name);
+    }
+    char cmd[8192], *env_cache = tmp_file(dir, "env-cache");
+    snprintf(cmd, sizeof cmd, "SDMOE_CACHE_DIR=%s %s generate -q -t 2 -m %s %s --no-weight-cache -o %s", env_cache,
+             tst_sdmoe_bin(), model, common, png[0]);
+    cr_assert_eq(tst_run(cmd, NULL, NULL), 0);
+    cr_expect_eq(count_files(env_cache, ".sdwc"), 0, "--no-weight-cache writes no cache");
+    free(env_cache);
+    snprintf(args, sizeof args, "-m %s %s --weight-cache %s -o %s", model, common, cache, png[1]);
+    cr_assert_eq(run_generate(args, NULL), 0);
+    cr_expect_eq(count_files(cache, ".sdwc"), 2, "one cache file for the UNet, one for the VAE");
+    /* without -q the second run reports nothing about the cache: it only maps it */
+    snprintf(cmd, sizeof cmd, "%s generate -t 2 -m %s %s --weight-cache %s -o %s", tst_sdmoe_bin(), model, common,
+             cache, png[2]);
+    cr_assert_eq(tst_run(cmd, NULL, log), 0);
+    char *text = read_text(log);
+    cr_expect(strstr(text, "weight cache") == NULL, "a filled cache is not rewritten: %s", text);
+    free(text);
+    /* a file where the folder should be: a warning naming it, and the image all the same */
+    snprintf(cmd, sizeof cmd, "%s generate -t 2 -m %s %s --weight-cache %s -o %s", tst_sdmoe_bin(), model, common,
+             log, png[3]);
+    cr_assert_eq(tst_run(cmd, NULL, log), 0);
+    text = read_text(log);
+    cr_expect(strstr(text, "warning: weight cache not used") != NULL && strstr(text, "stderr.txt") != NULL,
+              "the warning names the folder: %s", text);
+    free(text);
+    char *ref, *got;
+    size_t nref, ngot;
+    sd_error err = {0};
+    cr_assert_eq(sd_read_file(png[0], 1 << 24, &ref, &nref, &err), 0);
+    for (int i = 1; i < 4; i++) {
+        cr_assert_eq(sd_read_file(png[i], 1 << 24, &got, &ngot, &err), 0);
+        cr_expect(nref == ngot && !memcmp(ref, got, nref), "image %d differs from the uncached one", i);
+        free(got);
+    }
+    free(ref);
+    for (int i = 0; i < 4; i++) free(png[i]);
+    free(cache), free(log), free(model), free(dir);
+}

@@ -52,13 +52,19 @@ static int bind_proj_io(loader *L, sd_dense *d, const char *prefix, int64_t out,
     return bind_t(L, &d->b, prefix, "bias", 1, out, 0, 0, 0);
 }
 
-/* conv "<prefix>" [co, ci, k, k] + bias, prepared for oneDNN. */
+/* conv "<prefix>" [co, ci, k, k] + bias, prepared for oneDNN.  The weight is
+ * bound lazily: with a weight cache hit it is never converted nor read. */
 static int bind_conv(loader *L, sd_tensor *w, sd_tensor *b, sd_conv2d **conv, const char *prefix, int64_t co,
                      int64_t ci, int64_t k, int64_t stride, int64_t pad_tl, int64_t pad_br) {
-    if (bind_t(L, w, prefix, "weight", 4, co, ci, k, k) || bind_t(L, b, prefix, "bias", 1, co, 0, 0, 0)) return -1;
+    char name[320];
+    name_fmt(name, sizeof name, "%s.weight", prefix);
+    int64_t shape[4] = {co, ci, k, k};
+    sd_binder lazy = *L->b;
+    lazy.lazy = 1;
+    if (sd_bind(&lazy, w, name, 4, shape, L->err) || bind_t(L, b, prefix, "bias", 1, co, 0, 0, 0)) return -1;
     sd_conv2d_desc d = {ci, co, k, k, stride, stride, pad_tl, pad_tl, pad_br, pad_br};
-    if (sd_conv2d_create(conv, &d, w->data, b->data, L->err)) return sd_error_prefix(L->err, "unet: %s", prefix);
-    sd_tensor_release_pages(w); /* the conv holds its own reordered copy: drop the mapped f32 pages */
+    if (sd_conv2d_create_bound(conv, &d, w, b->data, L->b->cache, name, L->err))
+        return sd_error_prefix(L->err, "unet: %s", prefix);
     return 0;
 }
 

@@ -135,17 +135,19 @@ static int bind_conv(loader *L, const char *prefix, int64_t c_in, int64_t c_out,
                      const int64_t pad[4], vae_conv *out) {
     int64_t shape[4] = {c_out, c_in, k, k};
     char name[NAME_CAP];
-    const float *w, *b;
+    const float *b;
+    sd_tensor w;
+    sd_binder lazy = *L->b; /* converted only when built and not in the weight cache */
+    lazy.lazy = 1;
     fmt_name(name, "%s.weight", prefix);
-    if (bind_f32(L, name, 4, shape, &w) || bind_vec(L, prefix, "bias", c_out, &b)) return -1;
+    if (sd_bind(&lazy, &w, name, 4, shape, L->err) || bind_vec(L, prefix, "bias", c_out, &b)) return -1;
     out->c_in = c_in;
     out->c_out = c_out;
     if (!L->build) return 0;
     sd_conv2d_desc d = {.c_in = c_in, .c_out = c_out, .kh = k, .kw = k, .stride_h = stride, .stride_w = stride,
                         .pad_t = pad[0], .pad_l = pad[1], .pad_b = pad[2], .pad_r = pad[3]};
-    if (sd_conv2d_create(&out->k, &d, w, b, L->err)) return sd_error_prefix(L->err, "vae: %s", prefix);
-    /* the conv holds its own reordered copy: drop the mapped f32 pages (a converted copy is left alone) */
-    sd_weights_release_pages(L->b->w, w, (size_t)(c_out * c_in * k * k) * sizeof(float));
+    if (sd_conv2d_create_bound(&out->k, &d, &w, b, L->b->cache, name, L->err))
+        return sd_error_prefix(L->err, "vae: %s", prefix);
     return 0;
 }
 
