@@ -357,10 +357,12 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
-/* The cache key of weights `name` in format md: the name, the oneDNN version
- * (its reorders make the bytes) and a fingerprint of every field that
- * decides the layout (the memory desc struct itself has padding). */
-static void weights_cache_key(char *key, size_t cap, const char *name, const dnnl_memory_desc_t *md) {
+/* The cache key of weights `name` in format md: the name, where its data sits
+ * in the weight file (so a different name map over the same file cannot hit),
+ * the oneDNN version (its reorders make the bytes) and a fingerprint of every
+ * field that decides the layout (the memory desc struct itself has padding). */
+static void weights_cache_key(char *key, size_t cap, const char *name, const sd_tensor *w,
+                              const dnnl_memory_desc_t *md) {
     uint64_t h = 14695981039346656037ull;
     const dnnl_blocking_desc_t *bd = &md->format_desc.blocking;
     int nd = md->ndims;
@@ -377,8 +379,10 @@ static void weights_cache_key(char *key, size_t cap, const char *name, const dnn
     h = fnv1a(h, bd->inner_idxs, (size_t)bd->inner_nblks * sizeof bd->inner_idxs[0]);
     h = fnv1a(h, &md->extra.flags, sizeof md->extra.flags);
     const dnnl_version_t *v = dnnl_version();
-    snprintf(key, cap, "%s|onednn %d.%d.%d %s|%016llx", name, v->major, v->minor, v->patch, v->hash,
-             (unsigned long long)h);
+    long long at = w->file && w->src ? (long long)((const char *)w->src->data - (const char *)w->file->map) : -1;
+    snprintf(key, cap, "%s|%lld+%lld %s%s|onednn %d.%d.%d %s|%016llx", name, at, (long long)w->src_offset,
+             w->src ? st_dtype_name(w->src->dtype) : "?", w->transposed ? " T" : "", v->major, v->minor, v->patch,
+             v->hash, (unsigned long long)h);
 }
 
 /* Copy 0 as a view of cached bytes in format md (owned by the cache). */
@@ -400,7 +404,7 @@ static int conv_weights_from_tensor(sd_conv2d *c, sd_tensor *weight, sd_weight_c
     dnnl_memory_desc_t pref;
     if (conv_preferred_weights_md(c, &pref, err)) return -1;
     char key[512];
-    weights_cache_key(key, sizeof key, name, &pref);
+    weights_cache_key(key, sizeof key, name, weight, &pref);
     size_t bytes = dnnl_memory_desc_get_size(&pref);
     const void *hit = sd_weight_cache_find(cache, key, bytes);
     if (hit) return conv_weights_map(c, &pref, hit, err);
