@@ -205,6 +205,8 @@ typedef struct bench_startup_run {
     double load_ms;            /* sd_pipeline_load */
     double first_step_ms;      /* start -> the sampler starts step 1 of a 512^2 request */
     double step_ms;            /* that first step (a CFG UNet call) */
+    double second_step_ms;     /* the next one: the steady step time */
+    double overhead_ms;        /* end of step 1 - second_step_ms: start-up including what step 1 faults in */
     double rss_first_step_mb, peak_rss_mb;
     double cache_hit_mb;       /* prepared conv weights mapped from the weight cache */
     double cache_written_mb;   /* ... and written to it */
@@ -219,7 +221,7 @@ typedef struct bench_startup_out {
 } bench_startup_out;
 
 /* Opens the SD1.5-shaped files through sd_pipeline_load as `sdmoe generate`
- * does and runs a 512^2, 1-step Euler request to the first sampling step,
+ * does and runs a 512^2, 2-step Euler request,
  * three times: weight cache off, empty (in <folder>/weight-cache), filled. */
 int bench_startup(const bench_startup_in *in, bench_startup_out *out, sd_error *err);
 /* GB/s of faulting in `bytes` of fresh anonymous memory: on VMs whose host

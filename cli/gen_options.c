@@ -55,7 +55,7 @@ void gen_options_usage(const char *cmd, int batch_mode) {
            "      --moe-routing R      segmoe (default, SegMoE-identical) | per-token (Mixtral style)\n"
            "      --moe-stats FILE     write per-layer, per-step expert choices as JSON\n"
            "      --vae-tiling         VAE decode in overlapping tiles of 32 latents (diffusers' tiled_decode)\n"
-           "      --weight-cache DIR   where prepared (reordered) conv weights are kept for faster loads\n"
+           "      --weight-cache DIR   where prepared (reordered) conv weights and model hashes are kept\n"
            "                           (default $SDMOE_CACHE_DIR or ~/.cache/sdmoe; off = none)\n"
            "      --no-weight-cache    same as --weight-cache off\n"
            "  -q, --quiet              no progress output\n"

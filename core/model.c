@@ -16,6 +16,7 @@
 #include "core/model_arch.h"
 #include "core/model_internal.h"
 #include "core/sha256.h"
+#include "core/weight_cache.h"
 
 static const char *const component_names[SD_MODEL_N_COMPONENTS] = {"unet", "vae", "text_encoder", "text_encoder_2"};
 
@@ -300,6 +301,7 @@ void sd_model_close(sd_model *m) {
     free(m->arch_source);
     free(m->path);
     free(m->name);
+    free(m->cache_dir);
     memset(m, 0, sizeof *m);
 }
 
@@ -310,8 +312,9 @@ int sd_model_open(sd_model *m, const char *path, const sd_model_options *opt, sd
     for (int i = 0; i < SD_MODEL_N_COMPONENTS; i++) sd_model_component(m, i)->name = component_names[i];
     m->path = model_strf("%s", path);
     m->name = display_name(path);
+    m->cache_dir = opt->cache_dir ? model_strf("%s", opt->cache_dir) : NULL;
     int rc;
-    if (!m->path || !m->name) rc = sd_fail(err, "out of memory");
+    if (!m->path || !m->name || (opt->cache_dir && !m->cache_dir)) rc = sd_fail(err, "out of memory");
     else if (sd_is_dir(path)) rc = open_folder(m, path, opt, err);
     else if (sd_is_file(path)) rc = model_open_single(m, path, opt, err);
     else rc = sd_fail(err, "%s: no such model file or folder", path);
@@ -325,7 +328,8 @@ int sd_model_hash(sd_model *m, char out[11], sd_error *err) {
         const char *file = m->kind == SD_MODEL_SINGLE_FILE ? m->path : (m->unet.n_files ? m->unet.files[0] : NULL);
         char hex[65];
         if (!file) return sd_fail(err, "%s: no UNet weights file to hash", m->path);
-        if (sd_sha256_file(file, hex, err)) return -1;
+        sd_weight_cache_options wo = {.dir = m->cache_dir};
+        if (sd_weight_cache_file_sha256(&wo, file, hex, err)) return -1;
         memcpy(m->hash, hex, 10);
         m->hash[10] = '\0';
     }

@@ -76,6 +76,8 @@ typedef struct sd_model_options {
     const char *variant;      /* NULL or "" = default weights; e.g. "fp16" = *.fp16.safetensors */
     const char *model_config; /* single files: LDM / SGM yaml or diffusers folder giving the architecture */
     const char *assets_dir;   /* folder with tokenizer/; NULL = $SDMOE_ASSETS, then <exe dir>/../assets */
+    const char *cache_dir;    /* core/weight_cache folder, where sd_model_hash keeps file hashes;
+                                 NULL = its default, "off" = hash every time */
 } sd_model_options;
 
 typedef struct sd_component {
@@ -105,6 +107,7 @@ typedef struct sd_model {
     int is_segmoe;            /* the UNet config has "segmoe_config" */
     sd_weights *shared;       /* single file: the one mapping the components share (owned) */
     char hash[11];            /* cache of sd_model_hash ("" until computed) */
+    char *cache_dir;          /* sd_model_options.cache_dir (NULL = default) */
 } sd_model;
 
 /* Opens `path` (a folder or a .safetensors file).  opt may be NULL.  On
@@ -119,7 +122,8 @@ sd_component *sd_model_component(sd_model *m, int i);
 
 /* A1111's "Model hash": the first 10 hex digits of the SHA-256 of the
  * checkpoint file (single file) or of the UNet weights file (folder; the
- * first shard when sharded).  Computed once, cached in m->hash. */
+ * first shard when sharded).  Kept in m->hash, and across runs in the
+ * weight cache folder (core/weight_cache.h sd_weight_cache_file_sha256). */
 int sd_model_hash(sd_model *m, char out[11], sd_error *err);
 
 /* Tensor counts of one component's weights (the files of a folder

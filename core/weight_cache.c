@@ -35,11 +35,14 @@
 #define DEFAULT_MAX_BYTES ((int64_t)16 << 30)
 #define DISK_MARGIN ((uint64_t)256 << 20) /* free space left on the disk after a save */
 #define STALE_TMP_SECONDS (24 * 3600)     /* temp files of crashed saves are removed after a day */
+#define HASH_SUFFIX ".sha256"
+#define STALE_HASH_SECONDS (90 * 24 * 3600) /* file hashes unused for 90 days are removed */
 
 typedef struct cache_entry {
     char *key;
     uint64_t offset, bytes; /* in the mapped file (found) */
     const void *data;       /* added: the caller's buffer */
+    int used;               /* found: handed out by this load (kept by the next save) */
 } cache_entry;
 
 struct sd_weight_cache {
@@ -105,6 +108,18 @@ static int make_dirs(const char *dir, sd_error *err) {
     return 0;
 }
 
+/* One weight file's identity line: real path, size, mtime, inode, device. */
+static int file_identity(char *out, size_t cap, const char *file, sd_error *err) {
+    struct stat st;
+    char real[PATH_MAX];
+    if (!realpath(file, real) || stat(real, &st) != 0)
+        return sd_fail(err, "weight cache: %s: cannot examine the weight file: %s", file, strerror(errno));
+    snprintf(out, cap, "file %s %lld %lld.%09ld %llu %llu\n", real, (long long)st.st_size,
+             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec, (unsigned long long)st.st_ino,
+             (unsigned long long)st.st_dev);
+    return 0;
+}
+
 /* The identity text: component, then per weight file its real path, size, mtime, inode, device. */
 static int identity_hash(unsigned char out[32], char hex[65], const char *component, const char *const *files,
                          int n_files, sd_error *err) {
@@ -113,15 +128,11 @@ static int identity_hash(unsigned char out[32], char hex[65], const char *compon
     if (!text) return sd_fail(err, "weight cache: out of memory");
     len += (size_t)snprintf(text + len, cap - len, "sdmoe weight cache %u\ncomponent %s\n", FORMAT_VERSION, component);
     for (int i = 0; i < n_files; i++) {
-        struct stat st;
-        char real[PATH_MAX];
-        if (!realpath(files[i], real) || stat(real, &st) != 0) {
+        if (file_identity(text + len, cap - len, files[i], err)) {
             free(text);
-            return sd_fail(err, "weight cache: %s: cannot examine the weight file: %s", files[i], strerror(errno));
+            return -1;
         }
-        len += (size_t)snprintf(text + len, cap - len, "file %s %lld %lld.%09ld %llu %llu\n", real,
-                                (long long)st.st_size, (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec,
-                                (unsigned long long)st.st_ino, (unsigned long long)st.st_dev);
+        len += strlen(text + len);
     }
     int rc = sd_sha256_buffer(text, len, hex, err);
     free(text);
@@ -260,8 +271,9 @@ static int entry_cmp(const void *a, const void *b) {
 const void *sd_weight_cache_find(sd_weight_cache *c, const char *key, size_t bytes) {
     if (!c || !c->n_found) return NULL;
     cache_entry probe = {.key = (char *)key};
-    const cache_entry *e = bsearch(&probe, c->found, (size_t)c->n_found, sizeof probe, entry_cmp);
+    cache_entry *e = bsearch(&probe, c->found, (size_t)c->n_found, sizeof probe, entry_cmp);
     if (!e || e->bytes != bytes) return NULL;
+    e->used = 1;
     c->stats.hits++;
     c->stats.hit_bytes += (int64_t)bytes;
     return (const char *)c->map + e->offset;
@@ -321,16 +333,17 @@ static void cache_evict(sd_weight_cache *c, int64_t incoming) {
     time_t now = time(NULL);
     struct dirent *de;
     while ((de = readdir(d))) {
-        int is_cache = has_suffix(de->d_name, SUFFIX), is_tmp = strstr(de->d_name, SUFFIX ".tmp-") != NULL;
-        if (!is_cache && !is_tmp) continue;
+        int is_cache = has_suffix(de->d_name, SUFFIX), is_tmp = strstr(de->d_name, ".tmp-") != NULL;
+        int is_hash = has_suffix(de->d_name, HASH_SUFFIX);
+        if (!is_cache && !is_tmp && !is_hash) continue;
         char *path = sd_path_join(c->dir, de->d_name);
         struct stat st;
         if (!path || lstat(path, &st) != 0 || !S_ISREG(st.st_mode) || !strcmp(path, c->path)) {
             free(path);
             continue;
         }
-        if (is_tmp) {
-            if (now - st.st_mtim.tv_sec > STALE_TMP_SECONDS) unlink(path);
+        if (is_tmp || is_hash) {
+            if (now - st.st_mtim.tv_sec > (is_tmp ? STALE_TMP_SECONDS : STALE_HASH_SECONDS)) unlink(path);
             free(path);
             continue;
         }
@@ -360,16 +373,20 @@ static size_t record_bytes(const char *key) { return (20 + strlen(key) + 7) & ~(
 
 static uint64_t align_up(uint64_t v) { return (v + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN; }
 
-/* Every entry of the new file, sorted, duplicates dropped (the file's copy wins). */
+/* Every entry of the new file: the old file's entries this load used (stale
+ * ones, e.g. of another oneDNN version, are dropped) and the added ones,
+ * sorted, duplicates dropped (the file's copy wins). */
 static cache_entry *entries_merge(const sd_weight_cache *c, int *n_out) {
-    int n = c->n_found + c->n_added;
-    cache_entry *all = malloc((size_t)(n ? n : 1) * sizeof *all);
+    int n = 0;
+    cache_entry *all = malloc((size_t)(c->n_found + c->n_added + 1) * sizeof *all);
     if (!all) return NULL;
     for (int i = 0; i < c->n_found; i++) {
-        all[i] = c->found[i];
-        all[i].data = (const char *)c->map + c->found[i].offset;
+        if (!c->found[i].used) continue;
+        all[n] = c->found[i];
+        all[n++].data = (const char *)c->map + c->found[i].offset;
     }
-    memcpy(all + c->n_found, c->added, (size_t)c->n_added * sizeof *all);
+    memcpy(all + n, c->added, (size_t)c->n_added * sizeof *all);
+    n += c->n_added;
     qsort(all, (size_t)n, sizeof *all, entry_cmp);
     int k = 0;
     for (int i = 0; i < n; i++)
@@ -473,4 +490,44 @@ int sd_weight_cache_save(sd_weight_cache *c, sd_error *err) {
     free(head);
     free(all);
     return rc;
+}
+
+/* ------------------------------------------------------------- file hashes */
+
+static int is_hex64(const char *s, size_t n) {
+    if (n != 64 && !(n == 65 && s[64] == '\n')) return 0;
+    for (int i = 0; i < 64; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+int sd_weight_cache_file_sha256(const sd_weight_cache_options *opt, const char *path, char hex[65], sd_error *err) {
+    char *dir = cache_dir_choose(opt), *hash_path = NULL, line[PATH_MAX + 128], id_hex[65], name[96];
+    if (!dir || make_dirs(dir, NULL) || file_identity(line, sizeof line, path, NULL) ||
+        sd_sha256_buffer(line, strlen(line), id_hex, NULL)) {
+        free(dir); /* no usable folder (or an unreadable file: let the hash name it) */
+        return sd_sha256_file(path, hex, err);
+    }
+    snprintf(name, sizeof name, "%.32s" HASH_SUFFIX, id_hex);
+    hash_path = sd_path_join(dir, name);
+    free(dir);
+    char *text = NULL;
+    size_t n = 0;
+    if (hash_path && sd_read_file(hash_path, 256, &text, &n, NULL) == 0 && is_hex64(text, n)) {
+        memcpy(hex, text, 64);
+        hex[64] = 0;
+        utimensat(AT_FDCWD, hash_path, NULL, 0); /* used: kept */
+    } else if (sd_sha256_file(path, hex, err) == 0 && hash_path) {
+        sd_atomic_file af;
+        if (sd_atomic_open(&af, hash_path, NULL) == 0) { /* not stored is only slower next time */
+            if (fprintf(af.fp, "%s\n", hex) == 65) sd_atomic_commit(&af, NULL);
+            else sd_atomic_abort(&af);
+        }
+    } else {
+        free(text), free(hash_path);
+        return -1;
+    }
+    free(text);
+    free(hash_path);
+    return 0;
 }

@@ -14,7 +14,11 @@
  * Inside, entries are found by a key the caller builds (core/conv2d: tensor
  * name, oneDNN version, the exact weights format), and a key whose size
  * differs is a miss.  A cache file that fails validation (truncated, foreign,
- * hostile) is ignored and replaced by the next save.
+ * hostile) is ignored and replaced by the next save, which keeps the
+ * entries this load used plus the added ones (stale entries go).
+ *
+ * The folder also keeps weight files' SHA-256 (the A1111 model hash), by the
+ * same identity: hashing a checkpoint costs seconds on every run otherwise.
  *
  * Location: opt->dir, else $SDMOE_CACHE_DIR, else $XDG_CACHE_HOME/sdmoe, else
  * $HOME/.cache/sdmoe; "off" (or "0", "") disables the cache.  The folder's
@@ -75,6 +79,15 @@ int sd_weight_cache_add(sd_weight_cache *c, const char *key, const void *data, s
  * naming the file on write errors; a limit or disk space too small is not a
  * failure (stats.skipped says so).  c may be NULL. */
 int sd_weight_cache_save(sd_weight_cache *c, sd_error *err);
+
+/* The SHA-256 of the weight file at `path` as 64 lowercase hex digits (A1111's
+ * model hash is its first 10): read from the cache folder when an earlier
+ * run hashed the same file (same real path, size, mtime, inode, device),
+ * else computed (seconds for a checkpoint) and stored there as a tiny
+ * <identity>.sha256 file (A1111 keeps these in its cache.json).  With the
+ * cache off, or its folder unusable, it is just computed.  Errors name the
+ * weight file. */
+int sd_weight_cache_file_sha256(const sd_weight_cache_options *opt, const char *path, char hex[65], sd_error *err);
 
 void sd_weight_cache_get_stats(const sd_weight_cache *c, sd_weight_cache_stats *s);
 /* The cache file's path (it may not exist yet). */

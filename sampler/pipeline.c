@@ -210,6 +210,7 @@ int sd_pipeline_load(sd_pipeline **out, const char *model_path, const sd_pipelin
         mo.variant = opt->variant;
         mo.model_config = opt->model_config;
         mo.assets_dir = opt->assets_dir;
+        mo.cache_dir = opt->weight_cache_dir;
     }
     report(opt, "load", 0, 4);
     if (sd_model_open(&p->model, model_path, &mo, err)) {

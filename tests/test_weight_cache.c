@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/fileio.h"
+#include "core/sha256.h"
 #include "core/weight_cache.h"
 #include "sampler/pipeline.h"
 #include "tests/support/test_support.h"
@@ -326,3 +327,85 @@ Test(weight_cache, pipeline_fp16_variant, .timeout = 300) { check_model("tiny-sd
 
 /* one checkpoint holds both components: two caches of the same file */
 Test(weight_cache, pipeline_single_file, .timeout = 300) { check_model("tiny-sd15.safetensors", NULL); }
+
+/* ------------------------------------------------------------ file hashes */
+
+static char *only_file_with_suffix(const char *dir, const char *suffix) {
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    char *found = NULL;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t len = strlen(de->d_name), k = strlen(suffix);
+        if (len > k && !strcmp(de->d_name + len - k, suffix)) {
+            cr_assert_null(found, "more than one *%s in %s", suffix, dir);
+            found = sd_path_join(dir, de->d_name);
+        }
+    }
+    closedir(d);
+    cr_assert_not_null(found, "no *%s in %s", suffix, dir);
+    return found;
+}
+
+/* The model hash's SHA-256 is computed once per file version, then read back. */
+Test(weight_cache, file_hash_is_kept_per_file_version) {
+    char *dir = tst_tmpdir();
+    char *wf = weight_file(dir, "model.safetensors");
+    char *cdir = sd_path_join(dir, "cache");
+    sd_weight_cache_options o = {.dir = cdir};
+    char want[65], got[65];
+    sd_error err = {0};
+    cr_assert_eq(sd_sha256_file(wf, want, &err), 0, "%s", err.msg);
+    cr_assert_eq(sd_weight_cache_file_sha256(&o, wf, got, &err), 0, "%s", err.msg);
+    cr_expect_str_eq(got, want, "first call: computed");
+    char *kept = only_file_with_suffix(cdir, ".sha256");
+    /* a stored value is what later calls return (proves it is read, not recomputed) */
+    const char *planted = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+    write_bytes(kept, planted, strlen(planted));
+    cr_assert_eq(sd_weight_cache_file_sha256(&o, wf, got, &err), 0, "%s", err.msg);
+    cr_expect_eq(strncmp(got, planted, 64), 0, "second call: read back, got %s", got);
+    /* damaged: recomputed and rewritten */
+    write_bytes(kept, "not a hash", 10);
+    cr_assert_eq(sd_weight_cache_file_sha256(&o, wf, got, &err), 0, "%s", err.msg);
+    cr_expect_str_eq(got, want);
+    /* another version of the file: its own entry */
+    write_bytes(wf, "other bytes", 11);
+    set_mtime(wf, 1000000000);
+    cr_assert_eq(sd_sha256_file(wf, want, &err), 0, "%s", err.msg);
+    cr_assert_eq(sd_weight_cache_file_sha256(&o, wf, got, &err), 0, "%s", err.msg);
+    cr_expect_str_eq(got, want, "a changed file is hashed again");
+    /* off: computed; a missing file is an error naming it */
+    o.dir = "off";
+    cr_assert_eq(sd_weight_cache_file_sha256(&o, wf, got, &err), 0, "%s", err.msg);
+    cr_expect_str_eq(got, want);
+    char *missing = sd_path_join(dir, "missing.safetensors");
+    o.dir = cdir;
+    cr_expect_neq(sd_weight_cache_file_sha256(&o, missing, got, &err), 0);
+    cr_expect(strstr(err.msg, "missing.safetensors") != NULL, "%s", err.msg);
+    free(missing), free(kept), free(cdir), free(wf), free(dir);
+}
+
+/* A save keeps what this load used and what it added; entries nobody asked
+ * for (another oneDNN version's, a renamed tensor's) are dropped. */
+Test(weight_cache, a_save_drops_unused_entries) {
+    char *dir = tst_tmpdir();
+    char *wf = weight_file(dir, "w.safetensors");
+    float a[1000], b[10], c3[300];
+    for (int i = 0; i < 300; i++) c3[i] = (float)i;
+    sd_weight_cache *c = open_cache(dir, wf, 0);
+    fill(c, a, 1000, b, 10);
+    sd_weight_cache_free(c);
+    c = open_cache(dir, wf, 0);
+    cr_assert_not_null(sd_weight_cache_find(c, "conv_a", sizeof a));
+    sd_error err = {0};
+    cr_assert_eq(sd_weight_cache_add(c, "conv_c", c3, sizeof c3, &err), 0, "%s", err.msg);
+    cr_assert_eq(sd_weight_cache_save(c, &err), 0, "%s", err.msg);
+    sd_weight_cache_free(c);
+    c = open_cache(dir, wf, 0);
+    const float *fa = sd_weight_cache_find(c, "conv_a", sizeof a), *fc = sd_weight_cache_find(c, "conv_c", sizeof c3);
+    cr_expect(fa && !memcmp(fa, a, sizeof a), "the used entry is kept");
+    cr_expect(fc && !memcmp(fc, c3, sizeof c3), "the added entry is written");
+    cr_expect_null(sd_weight_cache_find(c, "conv_b", sizeof b), "the unused entry is dropped");
+    sd_weight_cache_free(c);
+    free(wf), free(dir);
+}
