@@ -185,6 +185,7 @@ static int run_expert(sd_gate_set *set, const sd_segmoe_config *cfg, const sd_ga
     if (opt->pipeline) po = *opt->pipeline;
     po.on_progress = on_load_progress;
     po.progress_ctx = &run;
+    po.weight_cache_read_only = 1; /* a one-off run per expert: maps what earlier runs cached, adds nothing */
     sd_pipeline *p = NULL;
     sd_moe_plan plan = {0};
     int rc = sd_pipeline_load(&p, x->path, &po, err);

@@ -102,6 +102,7 @@ static void weight_cache_attach(sd_component *c, sd_weight_cache **cache, const 
 static void weight_cache_save(sd_component *c, sd_weight_cache *cache, const sd_pipeline_options *opt) {
     sd_weight_cache_stats s;
     sd_weight_cache_get_stats(cache, &s);
+    if (opt && opt->weight_cache_read_only && s.misses) return;
     if (s.misses)
         message(opt, 0, "weight cache: writing the %s's prepared weights (%lld MB) to %s", c->name,
                 (long long)(s.added_bytes >> 20), sd_weight_cache_path(cache));

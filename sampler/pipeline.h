@@ -53,6 +53,7 @@ typedef struct sd_pipeline_options {
      * The UNet and the VAE each get one cache file. */
     const char *weight_cache_dir;
     int64_t weight_cache_max_bytes;
+    int weight_cache_read_only;   /* 1: use what the cache has, write nothing (one-off loads: merge's gate runs) */
     /* Optional progress for loading: stage label, done, total. */
     void (*on_progress)(void *ctx, const char *stage, int done, int total);
     /* Optional: one-line messages while loading, with progress_ctx: notices

@@ -409,3 +409,29 @@ Test(weight_cache, a_save_drops_unused_entries) {
     sd_weight_cache_free(c);
     free(wf), free(dir);
 }
+
+/* read-only (merge's gate runs): an empty cache stays empty; a filled one is used */
+Test(weight_cache, pipeline_read_only_writes_nothing, .timeout = 300) {
+    tst_require_fixture("tiny-sd15/model_index.json");
+    char *dir = tst_tmpdir(), *path = tst_fixture_path("tiny-sd15");
+    sd_pipeline_options o = {.weight_cache_dir = dir, .weight_cache_read_only = 1};
+    sd_pipeline *p;
+    sd_error err = {0};
+    cr_assert_eq(sd_pipeline_load(&p, path, &o, &err), 0, "%s", err.msg);
+    sd_weight_cache_stats s;
+    sd_pipeline_weight_cache_stats(p, "unet", &s);
+    cr_expect_gt(s.misses, 0);
+    cr_expect_eq(s.saved, 0);
+    sd_pipeline_free(p);
+    cr_expect_eq(count_cache_files(dir), 0, "read-only wrote a cache file");
+    o.weight_cache_read_only = 0;
+    cr_assert_eq(sd_pipeline_load(&p, path, &o, &err), 0, "%s", err.msg);
+    sd_pipeline_free(p);
+    o.weight_cache_read_only = 1;
+    cr_assert_eq(sd_pipeline_load(&p, path, &o, &err), 0, "%s", err.msg);
+    sd_pipeline_weight_cache_stats(p, "unet", &s);
+    cr_expect_gt(s.hits, 0, "read-only still maps a filled cache");
+    cr_expect_eq(s.misses, 0);
+    sd_pipeline_free(p);
+    free(path), free(dir);
+}
