@@ -361,8 +361,8 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
  * in the weight file (so a different name map over the same file cannot hit),
  * the oneDNN version (its reorders make the bytes) and a fingerprint of every
  * field that decides the layout (the memory desc struct itself has padding). */
-static void weights_cache_key(char *key, size_t cap, const char *name, const sd_tensor *w,
-                              const dnnl_memory_desc_t *md) {
+static int weights_cache_key(char *key, size_t cap, const char *name, const sd_tensor *w,
+                             const dnnl_memory_desc_t *md) {
     uint64_t h = 14695981039346656037ull;
     const dnnl_blocking_desc_t *bd = &md->format_desc.blocking;
     int nd = md->ndims;
@@ -380,9 +380,10 @@ static void weights_cache_key(char *key, size_t cap, const char *name, const sd_
     h = fnv1a(h, &md->extra.flags, sizeof md->extra.flags);
     const dnnl_version_t *v = dnnl_version();
     long long at = w->file && w->src ? (long long)((const char *)w->src->data - (const char *)w->file->map) : -1;
-    snprintf(key, cap, "%s|%lld+%lld %s%s|onednn %d.%d.%d %s|%016llx", name, at, (long long)w->src_offset,
-             w->src ? st_dtype_name(w->src->dtype) : "?", w->transposed ? " T" : "", v->major, v->minor, v->patch,
-             v->hash, (unsigned long long)h);
+    int n = snprintf(key, cap, "%s|%lld+%lld %s%s|onednn %d.%d.%d %s|%016llx", name, at, (long long)w->src_offset,
+                     w->src ? st_dtype_name(w->src->dtype) : "?", w->transposed ? " T" : "", v->major, v->minor,
+                     v->patch, v->hash, (unsigned long long)h);
+    return n > 0 && (size_t)n < cap ? 0 : -1; /* a cut key could match another format: not cached */
 }
 
 /* Copy 0 as a view of cached bytes in format md (owned by the cache). */
@@ -403,15 +404,16 @@ static int conv_weights_from_tensor(sd_conv2d *c, sd_tensor *weight, sd_weight_c
                                     sd_error *err) {
     dnnl_memory_desc_t pref;
     if (conv_preferred_weights_md(c, &pref, err)) return -1;
-    char key[512];
-    weights_cache_key(key, sizeof key, name, weight, &pref);
+    char key[1024];
+    if (weights_cache_key(key, sizeof key, name, weight, &pref)) cache = NULL;
     size_t bytes = dnnl_memory_desc_get_size(&pref);
     const void *hit = sd_weight_cache_find(cache, key, bytes);
     if (hit) return conv_weights_map(c, &pref, hit, err);
     const float *w = sd_tensor_f32(weight, err);
     if (!w || conv_weights_prepare(c, w, &pref, err)) return -1;
     sd_tensor_release_pages(weight); /* the conv holds its own copy: drop the mapped f32 pages */
-    return sd_weight_cache_add(cache, key, c->wts[0].own, c->wts[0].own_bytes, err);
+    sd_weight_cache_add(cache, key, c->wts[0].own, c->wts[0].own_bytes, NULL); /* not cached is only slower */
+    return 0;
 }
 
 int sd_conv2d_create_bound(sd_conv2d **out, const sd_conv2d_desc *d, sd_tensor *weight, const float *bias,

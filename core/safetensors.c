@@ -228,6 +228,7 @@ int st_open(st_file *f, const char *path, sd_error *err) {
         st_close(f);
         return sd_fail(err, "%s: not a regular file", path);
     }
+    f->stat = st;
     size_t size = (size_t)st.st_size;
     if (size < 8) {
         close(fd);

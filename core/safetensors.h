@@ -15,6 +15,7 @@
 #define SDMOE_CORE_SAFETENSORS_H
 
 #include <stddef.h>
+#include <sys/stat.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -42,6 +43,7 @@ typedef struct st_file {
     char *path;
     void *map;
     size_t map_size;
+    struct stat stat;       /* fstat of the file that was mapped (identity for caches) */
     int n_tensors;
     st_tensor *tensors;     /* sorted by name */
     int n_meta;

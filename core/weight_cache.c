@@ -108,11 +108,12 @@ static int make_dirs(const char *dir, sd_error *err) {
     return 0;
 }
 
-/* One weight file's identity line: real path, size, mtime, inode, device. */
-static int file_identity(char *out, size_t cap, const char *file, sd_error *err) {
+/* One weight file's identity line: real path, size, mtime, inode, device
+ * (from `known`, the fstat of the file as mapped, when given). */
+static int file_identity(char *out, size_t cap, const char *file, const struct stat *known, sd_error *err) {
     struct stat st;
     char real[PATH_MAX];
-    if (!realpath(file, real) || stat(real, &st) != 0)
+    if (!realpath(file, real) || (known ? (st = *known, 0) : stat(real, &st)) != 0)
         return sd_fail(err, "weight cache: %s: cannot examine the weight file: %s", file, strerror(errno));
     snprintf(out, cap, "file %s %lld %lld.%09ld %llu %llu\n", real, (long long)st.st_size,
              (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec, (unsigned long long)st.st_ino,
@@ -122,13 +123,13 @@ static int file_identity(char *out, size_t cap, const char *file, sd_error *err)
 
 /* The identity text: component, then per weight file its real path, size, mtime, inode, device. */
 static int identity_hash(unsigned char out[32], char hex[65], const char *component, const char *const *files,
-                         int n_files, sd_error *err) {
+                         const struct stat *stats, int n_files, sd_error *err) {
     size_t cap = 256 + (size_t)n_files * (PATH_MAX + 128), len = 0;
     char *text = malloc(cap);
     if (!text) return sd_fail(err, "weight cache: out of memory");
     len += (size_t)snprintf(text + len, cap - len, "sdmoe weight cache %u\ncomponent %s\n", FORMAT_VERSION, component);
     for (int i = 0; i < n_files; i++) {
-        if (file_identity(text + len, cap - len, files[i], err)) {
+        if (file_identity(text + len, cap - len, files[i], stats ? &stats[i] : NULL, err)) {
             free(text);
             return -1;
         }
@@ -227,7 +228,7 @@ static void cache_map_existing(sd_weight_cache *c) {
 }
 
 int sd_weight_cache_open(sd_weight_cache **out, const sd_weight_cache_options *opt, const char *component,
-                         const char *const *files, int n_files, sd_error *err) {
+                         const char *const *files, const struct stat *stats, int n_files, sd_error *err) {
     *out = NULL;
     char *dir = cache_dir_choose(opt);
     if (!dir) return 0;
@@ -239,7 +240,7 @@ int sd_weight_cache_open(sd_weight_cache **out, const sd_weight_cache_options *o
     }
     c->dir = dir;
     c->max_bytes = cache_limit_choose(opt);
-    if (make_dirs(dir, err) || identity_hash(c->identity, hex, component, files, n_files, err)) {
+    if (make_dirs(dir, err) || identity_hash(c->identity, hex, component, files, stats, n_files, err)) {
         sd_weight_cache_free(c);
         return -1;
     }
@@ -317,9 +318,25 @@ static int older_first(const void *a, const void *b) {
     return (x->mtime.tv_nsec > y->mtime.tv_nsec) - (x->mtime.tv_nsec < y->mtime.tv_nsec);
 }
 
-static int has_suffix(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n > k && !strcmp(s + n - k, suffix);
+/* Names this module makes: 32 hex digits, then "-<component>.sdwc" (cache)
+ * or ".sha256" (file hash), either optionally + ".tmp-<pid>" (a save in
+ * progress or abandoned).  Returns 0 for anything else (never removed). */
+enum { NAME_FOREIGN, NAME_CACHE, NAME_HASH, NAME_TMP };
+static int name_kind(const char *name) {
+    for (int i = 0; i < 32; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f'))) return NAME_FOREIGN;
+    const char *rest = name + 32, *tmp = strstr(rest, ".tmp-");
+    size_t len = tmp ? (size_t)(tmp - rest) : strlen(rest);
+    if (tmp) {
+        if (!tmp[5]) return NAME_FOREIGN;
+        for (const char *d = tmp + 5; *d; d++)
+            if (*d < '0' || *d > '9') return NAME_FOREIGN;
+    }
+    int kind = NAME_FOREIGN;
+    if (len == strlen(HASH_SUFFIX) && !strncmp(rest, HASH_SUFFIX, len)) kind = NAME_HASH;
+    else if (len > strlen(SUFFIX) + 1 && rest[0] == '-' && !strncmp(rest + len - strlen(SUFFIX), SUFFIX, strlen(SUFFIX)))
+        kind = NAME_CACHE;
+    return kind == NAME_FOREIGN ? kind : tmp ? NAME_TMP : kind;
 }
 
 /* Removes least recently used cache files (never c->path) until `incoming`
@@ -333,9 +350,8 @@ static void cache_evict(sd_weight_cache *c, int64_t incoming) {
     time_t now = time(NULL);
     struct dirent *de;
     while ((de = readdir(d))) {
-        int is_cache = has_suffix(de->d_name, SUFFIX), is_tmp = strstr(de->d_name, ".tmp-") != NULL;
-        int is_hash = has_suffix(de->d_name, HASH_SUFFIX);
-        if (!is_cache && !is_tmp && !is_hash) continue;
+        int kind = name_kind(de->d_name), is_tmp = kind == NAME_TMP, is_hash = kind == NAME_HASH;
+        if (kind == NAME_FOREIGN) continue;
         char *path = sd_path_join(c->dir, de->d_name);
         struct stat st;
         if (!path || lstat(path, &st) != 0 || !S_ISREG(st.st_mode) || !strcmp(path, c->path)) {
@@ -375,7 +391,7 @@ static uint64_t align_up(uint64_t v) { return (v + DATA_ALIGN - 1) / DATA_ALIGN 
 
 /* Every entry of the new file: the old file's entries this load used (stale
  * ones, e.g. of another oneDNN version, are dropped) and the added ones,
- * sorted, duplicates dropped (the file's copy wins). */
+ * sorted, duplicate keys dropped (one copy kept). */
 static cache_entry *entries_merge(const sd_weight_cache *c, int *n_out) {
     int n = 0;
     cache_entry *all = malloc((size_t)(c->n_found + c->n_added + 1) * sizeof *all);
@@ -503,7 +519,7 @@ static int is_hex64(const char *s, size_t n) {
 
 int sd_weight_cache_file_sha256(const sd_weight_cache_options *opt, const char *path, char hex[65], sd_error *err) {
     char *dir = cache_dir_choose(opt), *hash_path = NULL, line[PATH_MAX + 128], id_hex[65], name[96];
-    if (!dir || make_dirs(dir, NULL) || file_identity(line, sizeof line, path, NULL) ||
+    if (!dir || make_dirs(dir, NULL) || file_identity(line, sizeof line, path, NULL, NULL) ||
         sd_sha256_buffer(line, strlen(line), id_hex, NULL)) {
         free(dir); /* no usable folder (or an unreadable file: let the hash name it) */
         return sd_sha256_file(path, hex, err);

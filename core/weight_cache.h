@@ -30,7 +30,7 @@
  * file.
  *
  *     sd_weight_cache *c;
- *     sd_weight_cache_open(&c, NULL, "unet", files, n_files, &err); // c NULL = disabled
+ *     sd_weight_cache_open(&c, NULL, "unet", files, NULL, n_files, &err); // c NULL = disabled
  *     p = sd_weight_cache_find(c, key, bytes);      // mapped bytes, or NULL
  *     if (!p) { prepare(buf); sd_weight_cache_add(c, key, buf, bytes, &err); }
  *     sd_weight_cache_save(c, &err);                // after loading, buffers still alive
@@ -42,6 +42,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include "core/error.h"
 
@@ -60,12 +61,14 @@ typedef struct sd_weight_cache_stats {
     char skipped[256];     /* why a save wrote nothing although entries were added, or "" */
 } sd_weight_cache_stats;
 
-/* Opens the cache of `component` whose weights are the n_files `files`.
+/* Opens the cache of `component` whose weights are the n_files `files`;
+ * `stats` (or NULL: stat() them now) are the fstat results of the files as
+ * they were mapped, so a file replaced since cannot lend its identity.
  * *out is NULL when the cache is disabled.  Fails (naming the folder or the
  * file) only when the folder cannot be created or a weight file cannot be
  * examined; an unusable cache file is not a failure (see stats.ignored). */
 int sd_weight_cache_open(sd_weight_cache **out, const sd_weight_cache_options *opt, const char *component,
-                         const char *const *files, int n_files, sd_error *err);
+                         const char *const *files, const struct stat *stats, int n_files, sd_error *err);
 void sd_weight_cache_free(sd_weight_cache *c);
 
 /* The cached bytes of `key` when present with exactly `bytes` bytes (aligned

@@ -90,8 +90,23 @@ static void message(const sd_pipeline_options *opt, int is_warning, const char *
 static void weight_cache_attach(sd_component *c, sd_weight_cache **cache, const sd_pipeline_options *opt) {
     sd_weight_cache_options wo = {opt ? opt->weight_cache_dir : NULL, opt ? opt->weight_cache_max_bytes : 0};
     sd_error e = {0};
-    if (sd_weight_cache_open(cache, &wo, c->name, (const char *const *)c->files, c->n_files, &e))
-        message(opt, 1, "weight cache not used: %s", e.msg);
+    /* the files as they were mapped (a file replaced since must not lend its identity) */
+    int n = c->weights ? sd_weights_file_count(c->weights) : 0;
+    const char **paths = calloc((size_t)n + 1, sizeof *paths);
+    struct stat *stats = calloc((size_t)n + 1, sizeof *stats);
+    if (!paths || !stats) {
+        message(opt, 1, "weight cache not used: out of memory");
+    } else {
+        for (int i = 0; i < n; i++) {
+            const st_file *f = sd_weights_file(c->weights, i);
+            paths[i] = f->path;
+            stats[i] = f->stat;
+        }
+        if (n && sd_weight_cache_open(cache, &wo, c->name, paths, stats, n, &e))
+            message(opt, 1, "weight cache not used: %s", e.msg);
+    }
+    free(paths);
+    free(stats);
     sd_weight_cache_stats s;
     sd_weight_cache_get_stats(*cache, &s);
     if (s.ignored[0]) message(opt, 1, "weight cache: ignored %s (it will be rewritten)", s.ignored);

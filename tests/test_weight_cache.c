@@ -43,7 +43,7 @@ static sd_weight_cache *open_cache(const char *dir, const char *file, int64_t ma
     sd_weight_cache *c = NULL;
     sd_error err = {0};
     const char *files[1] = {file};
-    cr_assert_eq(sd_weight_cache_open(&c, &o, "unet", files, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(sd_weight_cache_open(&c, &o, "unet", files, NULL, 1, &err), 0, "%s", err.msg);
     cr_assert_not_null(c);
     return c;
 }
@@ -184,6 +184,14 @@ Test(weight_cache, size_limit_removes_the_least_recently_used) {
     float a[2048], b[10]; /* each cache file: 4 KB header + 8 KB + 4 KB-ish = 16 KB */
     char *paths[3];
     int64_t limit = 36 << 10; /* two files fit, not three */
+    /* someone else's files in the folder, old and with our suffixes */
+    cr_assert_eq(mkdir(cdir, 0755), 0);
+    char *foreign[3] = {sd_path_join(cdir, "model.safetensors.sha256"), sd_path_join(cdir, "notes.sdwc"),
+                        sd_path_join(cdir, "draft.txt.tmp-12")};
+    for (int i = 0; i < 3; i++) {
+        write_bytes(foreign[i], "x", 1);
+        set_mtime(foreign[i], 100000000);
+    }
     for (int i = 0; i < 3; i++) {
         sd_weight_cache *c = open_cache(cdir, wf[i], limit);
         paths[i] = strdup(sd_weight_cache_path(c));
@@ -201,10 +209,12 @@ Test(weight_cache, size_limit_removes_the_least_recently_used) {
             sd_weight_cache_free(c);
         }
     }
+    cr_expect(sd_is_file(foreign[0]) && sd_is_file(foreign[1]) && sd_is_file(foreign[2]),
+              "files the cache did not make are never removed");
     cr_expect(sd_is_file(paths[0]), "the recently used cache stays");
     cr_expect(!sd_is_file(paths[1]), "the least recently used cache is removed");
     cr_expect(sd_is_file(paths[2]), "the new cache is written");
-    cr_expect_eq(count_cache_files(cdir), 2);
+    cr_expect_eq(count_cache_files(cdir), 3, "two caches and the foreign notes.sdwc");
 
     /* a cache larger than the limit is not written */
     char *big = weight_file(dir, "big.safetensors");
@@ -216,7 +226,7 @@ Test(weight_cache, size_limit_removes_the_least_recently_used) {
     cr_expect_neq(s.skipped[0], 0, "the reason is reported");
     cr_expect(!sd_is_file(sd_weight_cache_path(c)));
     sd_weight_cache_free(c);
-    for (int i = 0; i < 3; i++) free(wf[i]), free(paths[i]);
+    for (int i = 0; i < 3; i++) free(wf[i]), free(paths[i]), free(foreign[i]);
     free(big), free(cdir), free(dir);
 }
 
@@ -227,7 +237,7 @@ Test(weight_cache, off_means_no_cache) {
     sd_weight_cache_options o = {.dir = "off"};
     sd_weight_cache *c = (sd_weight_cache *)1;
     sd_error err = {0};
-    cr_assert_eq(sd_weight_cache_open(&c, &o, "unet", files, 1, &err), 0);
+    cr_assert_eq(sd_weight_cache_open(&c, &o, "unet", files, NULL, 1, &err), 0);
     cr_expect_null(c);
     float x = 1;
     cr_expect_eq(sd_weight_cache_add(c, "k", &x, 4, &err), 0);
@@ -243,12 +253,12 @@ Test(weight_cache, unusable_folder_is_an_error_naming_it) {
     sd_weight_cache_options o = {.dir = wf}; /* a file, not a folder */
     sd_weight_cache *c;
     sd_error err = {0};
-    cr_expect_neq(sd_weight_cache_open(&c, &o, "unet", files, 1, &err), 0);
+    cr_expect_neq(sd_weight_cache_open(&c, &o, "unet", files, NULL, 1, &err), 0);
     cr_expect_null(c);
     cr_expect(strstr(err.msg, wf) != NULL, "message names the folder: %s", err.msg);
     const char *missing[1] = {"/nonexistent/w.safetensors"};
     o.dir = dir;
-    cr_expect_neq(sd_weight_cache_open(&c, &o, "unet", missing, 1, &err), 0);
+    cr_expect_neq(sd_weight_cache_open(&c, &o, "unet", missing, NULL, 1, &err), 0);
     cr_expect(strstr(err.msg, missing[0]) != NULL, "message names the weight file: %s", err.msg);
     free(wf), free(dir);
 }

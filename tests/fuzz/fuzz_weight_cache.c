@@ -22,7 +22,7 @@ static sd_weight_cache *cache_open(void) {
     sd_weight_cache_options o = {.dir = g_dir};
     sd_weight_cache *c = NULL;
     sd_error err = {0};
-    if (sd_weight_cache_open(&c, &o, "unet", files, 1, &err) || !c) abort();
+    if (sd_weight_cache_open(&c, &o, "unet", files, NULL, 1, &err) || !c) abort();
     return c;
 }
 
